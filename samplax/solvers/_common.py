@@ -54,3 +54,15 @@ def check_timesteps(schedule, timesteps, *, min_len: int = 2):
 def reaches_zero_noise(schedule, t) -> bool:
     """Whether ``t`` is (concretely) a time with ``sigma = 0``."""
     return is_concrete(t) and bool(np.isinf(np.asarray(schedule.lam(t))))
+
+
+def analytic_first_output(builder, t0):
+    """The analytical first step (AFS) output at ``t0``, costing no NFE.
+
+    USF (Liu et al. 2023, sec. 3.1): near ``t_max`` the data is almost fully
+    noised, so take ``x0_hat = E[x0] = 0`` (centred data) and hence
+    ``eps_hat = x_T / sigma(t0)`` (for VP, ``sigma ~ 1`` gives ``eps_hat = x_T``).
+    Returns an :class:`~samplax.solvers.plan.Output` to use in place of the
+    first evaluation.
+    """
+    return builder.virtual_output(0.0, 1.0 / builder.schedule.sigma(t0), t0)
