@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,20 +40,62 @@ def _combine(c: Combo, x, D, E, z, dtype):
     return out
 
 
+class SlotHook(Protocol):
+    """A transform of the whole population between NFE slots (e.g. SMC resampling).
+
+    ``init(x_T)`` gives the hook's state; after slot ``k`` the executor calls
+    ``hook(state, k, t, x, D, E, d, key) -> (state, x, D, E)`` with the anchor
+    ``x``, the buffers ``D``/``E`` (leading buffer axis, then the batch axis) and
+    the newest data prediction ``d``. Resampling reorders the batch axis of
+    ``x``, ``D`` and ``E`` together so multistep histories stay consistent.
+    """
+
+    def init(self, x_T: Array) -> Any: ...
+
+    def __call__(self, state, k, t, x, D, E, d, key) -> tuple: ...
+
+
+class Segments(NamedTuple):
+    """Different denoisers on consecutive ranges of NFE slots.
+
+    ``denoisers[i]`` runs slots ``starts[i] .. starts[i+1] - 1`` (``starts[0] == 0``).
+    Each range is its own ``lax.scan`` inside one program, so a transform that is
+    switched off on a range (e.g. guidance outside its interval) costs nothing
+    there, unlike masking, which still pays for every branch.
+    """
+
+    denoisers: tuple
+    starts: tuple
+
+
+def _segments(denoiser, K: int) -> list[tuple[Denoiser, int, int]]:
+    if not isinstance(denoiser, Segments):
+        return [(denoiser, 0, K)]
+    starts = [int(s) for s in denoiser.starts]
+    if len(starts) != len(denoiser.denoisers) or not starts or starts[0] != 0:
+        raise ValueError("Segments needs one start per denoiser, the first being 0")
+    if any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= max(K, 1):
+        raise ValueError(f"Segments starts must increase within the plan's {K} slots: {starts}")
+    ends = starts[1:] + [K]
+    return list(zip(denoiser.denoisers, starts, ends))
+
+
 def sample(
-    denoiser: Denoiser,
+    denoiser: Denoiser | Segments,
     plan: Plan,
     x_T: Array,
     key: Array | None = None,
     *,
     return_trajectory: bool = False,
+    hook: SlotHook | None = None,
 ):
     """Draw samples by running ``plan`` from the initial noise ``x_T``.
 
     Args:
         denoiser: ``denoiser(x, t) -> x0_hat`` with ``x`` of the shape of ``x_T``
             and ``t`` a scalar time of the plan's noise schedule (see
-            :mod:`samplax.models.adapters` to wrap epsilon, v, flow or score models).
+            :mod:`samplax.models.adapters` to wrap epsilon, v, flow or score
+            models), or :class:`Segments` of denoisers over slot ranges.
         plan: a plan from any solver constructor (``samplax.dpm_solver_pp(...)``).
         x_T: initial state at the plan's first time, e.g.
             ``sigma(t_0) * jax.random.normal(key, shape)`` for a VP model.
@@ -61,9 +103,12 @@ def sample(
             its noise from ``fold_in(key, k)`` and per batch row ``i`` from
             ``fold_in(., i)``.
         return_trajectory: also return the anchor after each NFE slot, ``[K, ...]``.
+        hook: a :class:`SlotHook` run after every slot (population transforms such
+            as SMC resampling); its key stream is ``fold_in(key, -1 - k)``.
 
     Returns:
-        The sample (same shape and dtype as ``x_T``), and the trajectory if asked.
+        The sample (same shape and dtype as ``x_T``); then the trajectory if asked;
+        then the hook's final state if a hook is given.
     """
     x_T = jnp.asarray(x_T)
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
@@ -74,6 +119,8 @@ def sample(
         )
     if plan.stochastic and key is None:
         raise ValueError("this plan is stochastic: pass a PRNG key, e.g. jax.random.key(0)")
+    if hook is not None and key is None:
+        raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
     dtype = x_T.dtype
     hd = plan.evaluate.d.shape[-1]
     he = plan.evaluate.e.shape[-1]
@@ -86,27 +133,44 @@ def sample(
             return None
         return sample_noise(jax.random.fold_in(key, k), x_T.shape, dtype)
 
-    def body(carry, slot):
-        x, D, E = carry
-        k, t, alpha, sigma, ce, cu = slot
-        z = noise(k)
-        x_eval = _combine(ce, x, D, E, z, dtype)
-        d = jnp.asarray(denoiser(x_eval, t)).astype(dtype)
-        if d.shape != x_eval.shape:
-            raise ValueError(
-                f"denoiser returned shape {d.shape} for input of shape {x_eval.shape}"
-            )
-        if hd:
-            D = jax.lax.dynamic_update_index_in_dim(D, d, k % hd, 0)
-        if he:
-            # At sigma = 0 eps_hat is undefined; no plan may use it there, and the
-            # safe division keeps the buffer (and its gradient) finite.
-            e = safe_div(x_eval - alpha.astype(dtype) * d, sigma.astype(dtype))
-            E = jax.lax.dynamic_update_index_in_dim(E, e, k % he, 0)
-        x = _combine(cu, x, D, E, z, dtype)
-        return (x, D, E), (x if return_trajectory else None)
+    def make_body(den):
+        def body(carry, slot):
+            x, D, E, hs = carry
+            k, t, alpha, sigma, ce, cu = slot
+            z = noise(k)
+            x_eval = _combine(ce, x, D, E, z, dtype)
+            d = jnp.asarray(den(x_eval, t)).astype(dtype)
+            if d.shape != x_eval.shape:
+                raise ValueError(
+                    f"denoiser returned shape {d.shape} for input of shape {x_eval.shape}"
+                )
+            if hd:
+                D = jax.lax.dynamic_update_index_in_dim(D, d, k % hd, 0)
+            if he:
+                # At sigma = 0 eps_hat is undefined; no plan may use it there, and the
+                # safe division keeps the buffer (and its gradient) finite.
+                e = safe_div(x_eval - alpha.astype(dtype) * d, sigma.astype(dtype))
+                E = jax.lax.dynamic_update_index_in_dim(E, e, k % he, 0)
+            x = _combine(cu, x, D, E, z, dtype)
+            if hook is not None:
+                hk = jax.random.fold_in(key, -1 - k)
+                hs, x, D, E = hook(hs, k, t, x, D, E, d, hk)
+            return (x, D, E, hs), (x if return_trajectory else None)
 
+        return body
+
+    carry = (x_T, D0, E0, None if hook is None else hook.init(x_T))
+    trajs = []
     slots = (jnp.arange(K), plan.t, plan.alpha, plan.sigma, plan.evaluate, plan.update)
-    (x, D, E), traj = jax.lax.scan(body, (x_T, D0, E0), slots)
+    for den, a, b in _segments(denoiser, K):
+        part = jax.tree.map(lambda v: v[a:b], slots)
+        carry, traj = jax.lax.scan(make_body(den), carry, part)
+        trajs.append(traj)
+    x, D, E, hs = carry
     out = _combine(plan.final, x, D, E, noise(K), dtype)
-    return (out, traj) if return_trajectory else out
+    result = (out,)
+    if return_trajectory:
+        result += (jnp.concatenate(trajs) if len(trajs) > 1 else trajs[0],)
+    if hook is not None:
+        result += (hs,)
+    return result[0] if len(result) == 1 else result
