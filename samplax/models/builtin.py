@@ -1,13 +1,16 @@
-"""Built-in problems: a noise schedule, an exact denoiser and its data, by name.
+"""Built-in problems: a noise schedule, a denoiser and its data, by name.
 
 They make every command and notebook runnable offline: ``gmm2d`` (8 Gaussians on a
-ring, for pictures), ``gmm64`` (the 64-dimensional benchmark mixture) and
-``gauss64`` (one anisotropic Gaussian, whose probability-flow map is closed form).
+ring, for pictures), ``gmm64`` (the 64-dimensional benchmark mixture),
+``gauss64`` (one anisotropic Gaussian, whose probability-flow map is closed form),
+all with exact denoisers, and ``digits`` (a small learned denoiser for the 8x8
+scikit-learn digits, :mod:`samplax.models.digits`; compare its samples with the
+feature Fréchet distance of :mod:`samplax.models.digits_features`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -17,16 +20,30 @@ from samplax.schedules.base import NoiseSchedule
 from samplax.schedules.vp import VPLinear
 
 
-class Problem(NamedTuple):
-    """A sampling problem with an exact denoiser.
+class DataModel(Protocol):
+    """What a :class:`Problem` needs of its data: a :class:`GaussianMixture` (exact
+    denoiser) or a learned model such as :class:`samplax.models.digits.DigitsData`."""
 
-    ``x_T(key, n)`` draws initial states at ``t_start`` (pure Gaussian noise of
-    the marginal's scale, as a sampler would); the sampler should end at ``t_end``.
+    @property
+    def dim(self) -> int: ...
+
+    def denoiser(self, schedule: NoiseSchedule): ...
+
+    def sample(self, key, n: int): ...
+
+
+class Problem(NamedTuple):
+    """A sampling problem: a schedule and a data model that gives its denoiser.
+
+    ``data`` is any :class:`DataModel`; only the analytic ones (``GaussianMixture``)
+    have exact denoisers, ``component`` and ``log_prob``. ``x_T(key, n)`` draws
+    initial states at ``t_start`` (pure Gaussian noise of the marginal's scale, as a
+    sampler would); the sampler should end at ``t_end``.
     """
 
     name: str
     schedule: NoiseSchedule
-    data: GaussianMixture
+    data: DataModel
     t_start: float
     t_end: float
 
@@ -61,10 +78,17 @@ def _gauss64():
     return gaussian(jnp.zeros(64), scales**2)
 
 
+def _digits():
+    from samplax.models.digits import DigitsData  # imports flax: only when asked for
+
+    return DigitsData()
+
+
 _BUILDERS = {
     "gmm2d": lambda: Problem("gmm2d", VPLinear(), _ring(), 1.0, 1e-3),
     "gmm64": lambda: Problem("gmm64", VPLinear(), _gmm64(), 1.0, 1e-3),
     "gauss64": lambda: Problem("gauss64", VPLinear(), _gauss64(), 1.0, 1e-3),
+    "digits": lambda: Problem("digits", VPLinear(), _digits(), 1.0, 1e-3),
 }
 
 

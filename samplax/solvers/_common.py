@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from samplax.schedules.steps import validate_timesteps
 
 
 def is_concrete(x) -> bool:
@@ -16,39 +17,11 @@ def check_timesteps(schedule, timesteps, *, min_len: int = 2):
     """Validate a sampler's times: 1-D, strictly decreasing, inside the schedule.
 
     Returns them as a float array. Value checks run only on concrete inputs, so
-    constructors stay traceable for gradients with respect to the times.
+    constructors stay traceable for gradients with respect to the times. The
+    checks live in :func:`samplax.schedules.steps.validate_timesteps`, shared with
+    the step schedules.
     """
-    ts = jnp.asarray(timesteps)
-    if not jnp.issubdtype(ts.dtype, jnp.floating):
-        ts = ts.astype(jnp.result_type(float))
-    if ts.ndim != 1:
-        raise ValueError(f"timesteps must be a 1-D array, got shape {ts.shape}")
-    if ts.shape[0] < min_len:
-        raise ValueError(f"need at least {min_len} timesteps (one step), got {ts.shape[0]}")
-    if is_concrete(ts):
-        v = np.asarray(ts)
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"timesteps must be finite, got {v}")
-        if not np.all(np.diff(v) < 0):
-            i = int(np.argmax(np.diff(v) >= 0))
-            raise ValueError(
-                "timesteps must be strictly decreasing (noise to data); "
-                f"t[{i}]={v[i]:.6g} is followed by t[{i + 1}]={v[i + 1]:.6g}"
-            )
-        lo, hi = schedule.t_lo, schedule.t_hi
-        tol = 1e-9 * max(1.0, abs(hi))
-        if v[0] > hi + tol or v[-1] < lo - tol:
-            raise ValueError(
-                f"timesteps [{v[0]:.6g} .. {v[-1]:.6g}] leave the schedule's range "
-                f"[{lo:.6g}, {hi:.6g}]"
-            )
-        lam = np.asarray(schedule.lam(ts[:-1]))
-        if not np.all(np.isfinite(lam)):
-            raise ValueError(
-                "only the last timestep may have sigma = 0 (lam = inf); "
-                f"got lam = {lam}"
-            )
-    return ts
+    return validate_timesteps(schedule, timesteps, min_len=min_len)
 
 
 def reaches_zero_noise(schedule, t) -> bool:
