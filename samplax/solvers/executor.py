@@ -55,6 +55,24 @@ class SlotHook(Protocol):
     def __call__(self, state, k, t, x, D, E, d, key) -> tuple: ...
 
 
+class StatefulDenoiser(Protocol):
+    """A denoiser that carries state from one NFE slot to the next (e.g. APG momentum).
+
+    ``init_state(x_T)`` gives the initial state; slot ``k`` calls
+    ``step(state, x, t) -> (x0_hat, state)`` instead of ``denoiser(x, t)``. The
+    executor recognises one by these two methods. Each entry of :class:`Segments`
+    keeps its own state. A :class:`SlotHook` does not see (or reorder) this state.
+    """
+
+    def init_state(self, x_T: Array) -> Any: ...
+
+    def step(self, state, x: Array, t: Array) -> tuple: ...
+
+
+def _is_stateful(den) -> bool:
+    return callable(getattr(den, "init_state", None)) and callable(getattr(den, "step", None))
+
+
 class Segments(NamedTuple):
     """Different denoisers on consecutive ranges of NFE slots.
 
@@ -95,7 +113,8 @@ def sample(
         denoiser: ``denoiser(x, t) -> x0_hat`` with ``x`` of the shape of ``x_T``
             and ``t`` a scalar time of the plan's noise schedule (see
             :mod:`samplax.models.adapters` to wrap epsilon, v, flow or score
-            models), or :class:`Segments` of denoisers over slot ranges.
+            models), a :class:`StatefulDenoiser`, or :class:`Segments` of either
+            over slot ranges.
         plan: a plan from any solver constructor (``samplax.dpm_solver_pp(...)``).
         x_T: initial state at the plan's first time, e.g.
             ``sigma(t_0) * jax.random.normal(key, shape)`` for a VP model.
@@ -133,13 +152,18 @@ def sample(
             return None
         return sample_noise(jax.random.fold_in(key, k), x_T.shape, dtype)
 
-    def make_body(den):
+    def make_body(den, i):
         def body(carry, slot):
-            x, D, E, hs = carry
+            x, D, E, hs, ds = carry
             k, t, alpha, sigma, ce, cu = slot
             z = noise(k)
             x_eval = _combine(ce, x, D, E, z, dtype)
-            d = jnp.asarray(den(x_eval, t)).astype(dtype)
+            if _is_stateful(den):
+                d, s_i = den.step(ds[i], x_eval, t)
+                ds = ds[:i] + (s_i,) + ds[i + 1:]
+            else:
+                d = den(x_eval, t)
+            d = jnp.asarray(d).astype(dtype)
             if d.shape != x_eval.shape:
                 raise ValueError(
                     f"denoiser returned shape {d.shape} for input of shape {x_eval.shape}"
@@ -155,18 +179,20 @@ def sample(
             if hook is not None:
                 hk = jax.random.fold_in(key, -1 - k)
                 hs, x, D, E = hook(hs, k, t, x, D, E, d, hk)
-            return (x, D, E, hs), (x if return_trajectory else None)
+            return (x, D, E, hs, ds), (x if return_trajectory else None)
 
         return body
 
-    carry = (x_T, D0, E0, None if hook is None else hook.init(x_T))
+    segments = _segments(denoiser, K)
+    ds0 = tuple(den.init_state(x_T) if _is_stateful(den) else None for den, _, _ in segments)
+    carry = (x_T, D0, E0, None if hook is None else hook.init(x_T), ds0)
     trajs = []
     slots = (jnp.arange(K), plan.t, plan.alpha, plan.sigma, plan.evaluate, plan.update)
-    for den, a, b in _segments(denoiser, K):
+    for i, (den, a, b) in enumerate(segments):
         part = jax.tree.map(lambda v: v[a:b], slots)
-        carry, traj = jax.lax.scan(make_body(den), carry, part)
+        carry, traj = jax.lax.scan(make_body(den, i), carry, part)
         trajs.append(traj)
-    x, D, E, hs = carry
+    x, D, E, hs, _ = carry
     out = _combine(plan.final, x, D, E, noise(K), dtype)
     result = (out,)
     if return_trajectory:
