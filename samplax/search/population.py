@@ -1,0 +1,132 @@
+"""Population evaluation and gradient refinement, compiled once per plan structure.
+
+Candidates of one structure (number of steps, AFS) are stacked into
+:class:`Params` (continuous parameters) and :class:`~samplax.solvers.usf.Choices`
+(per-step choices as one-hot arrays). :func:`usf_weighted` turns any of them
+into a plan inside one program, so a whole population is evaluated with one
+``vmap`` and refined with Adam (``optax``) in one ``lax.scan``, without
+recompiling when the choices change.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from samplax.metrics import per_sample_rmse
+from samplax.search.space import times_from_theta
+from samplax.solvers.executor import sample
+from samplax.solvers.usf import MAX_ORDER, Choices, usf_weighted
+
+
+class Params(NamedTuple):
+    """Continuous parameters of a candidate (leading population axis when stacked)."""
+
+    theta: jax.Array  # [n] log-SNR increment logits
+    coefficients: jax.Array  # [n, MAX_ORDER - 1] free coefficients
+    shift: jax.Array  # [nfe] network-time offsets in lam
+
+    @classmethod
+    def zeros(cls, n: int, afs: bool, dtype=None) -> Params:
+        dtype = dtype or jnp.result_type(float)
+        nfe = n - int(afs)
+        return cls(jnp.zeros(n, dtype), jnp.zeros((n, MAX_ORDER - 1), dtype),
+                   jnp.zeros(nfe, dtype))
+
+
+class Evaluator:
+    """Loss, batched loss and batched refinement for plans of one structure.
+
+    Args:
+        denoiser, schedule: the model.
+        n_steps, afs: the structure (NFE = ``n_steps - afs``).
+        t_start, t_end: fixed ends of the times.
+        x, ref: calibration noises and the teacher's final samples.
+        free: which continuous parameters may move in refinement: a subset of
+            ``{"theta", "coefficients", "shift"}``.
+    """
+
+    def __init__(self, denoiser, schedule, n_steps: int, afs: bool, t_start, t_end, x, ref):
+        self.schedule = schedule
+        self.n_steps, self.afs = n_steps, afs
+        self.t_start, self.t_end = t_start, t_end
+
+        def plan(params: Params, choices: Choices):
+            ts = times_from_theta(schedule, params.theta, t_start, t_end)
+            eval_ts = ts[1:-1] if afs else ts[:-1]
+            model_times = schedule.t_of_lam(schedule.lam(eval_ts) + params.shift)
+            return usf_weighted(schedule, ts, choices, afs=afs,
+                                coefficients=params.coefficients, model_times=model_times)
+
+        def loss(params: Params, choices: Choices):
+            out = sample(denoiser, plan(params, choices), x)
+            return jnp.mean(per_sample_rmse(out, ref))
+
+        self.plan = plan
+        self.loss = loss
+        self.batch_loss = jax.jit(jax.vmap(loss))
+        self._refiners = {}
+
+    def refine(self, params: Params, choices: Choices, *, iters: int, lr: float,
+               free=("theta", "coefficients", "shift")):
+        """Adam on a stacked population; returns refined params and their losses.
+
+        Parameters not in ``free`` are held fixed. Each candidate keeps the best
+        iterate it visited, so refinement never returns a worse candidate. One
+        jitted, vmapped Adam step serves every iteration count, learning rate and
+        population size of this structure (a Python loop drives it).
+        """
+        free = tuple(sorted(free))
+        if free not in self._refiners:
+            self._refiners[free] = _make_refiner(self.loss, free)
+        init, step = self._refiners[free]
+        n = jax.tree.leaves(params)[0].shape[0]
+        state = init(params, choices, jnp.full((n,), lr, params.theta.dtype))
+        for _ in range(iters):
+            state = step(state, choices)
+        return state.best, state.best_loss
+
+
+class _RefineState(NamedTuple):
+    params: Params
+    opt_state: optax.OptState
+    best: Params
+    best_loss: jax.Array
+
+
+def _make_refiner(loss, free):
+    mask = Params(*(name in free for name in Params._fields))
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
+    vg = jax.value_and_grad(loss)
+
+    def init(params, choices, lr):
+        state = opt.init(params)
+        state.hyperparams["learning_rate"] = lr
+        return _RefineState(params, state, params, loss(params, choices))
+
+    def step(st: _RefineState, choices):
+        v, g = vg(st.params, choices)
+        # A non-finite loss or gradient leaves the candidate where it was.
+        finite = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(g)]
+        ok = jnp.isfinite(v) & jnp.all(jnp.stack(finite))
+        better = ok & (v < st.best_loss)
+        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), st.params, st.best)
+        best_loss = jnp.where(better, v, st.best_loss)
+        g = Params(*(gi if m else jnp.zeros_like(gi) for gi, m in zip(g, mask)))
+        g = jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), g)
+        upd, opt_state = opt.update(g, st.opt_state, st.params)
+        return _RefineState(optax.apply_updates(st.params, upd), opt_state, best, best_loss)
+
+    return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(step))
+
+
+def stack(items):
+    """Stack a list of pytrees along a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+
+
+def unstack(tree, i: int):
+    return jax.tree.map(lambda a: a[i], tree)
