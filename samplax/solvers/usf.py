@@ -159,7 +159,9 @@ def _as_steps(steps, n: int) -> list[Step]:
         if not isinstance(st, Step):
             raise TypeError(f"step {i}: expected samplax.solvers.usf.Step, got {type(st)}")
         if st.prediction not in ("data", "noise"):
-            raise ValueError(f"step {i}: prediction must be 'data' or 'noise', got {st.prediction!r}")
+            raise ValueError(
+                f"step {i}: prediction must be 'data' or 'noise', got {st.prediction!r}"
+            )
         if not 1 <= st.order <= MAX_ORDER:
             raise ValueError(f"step {i}: order must be in 1..{MAX_ORDER}, got {st.order}")
     return steps

@@ -1,0 +1,240 @@
+"""Command line: ``samplax search | sample | compare | solvers``.
+
+Models are built-in names (``gmm2d``, ``gmm64``, ``gauss64``, ``digits``) or
+``module:function`` returning a :class:`samplax.models.builtin.Problem` (schedule,
+denoiser data model, ``t_start``, ``t_end``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _setup_jax():
+    import jax
+
+    # Search and references are float64 computations (DESIGN: exactness in x64).
+    jax.config.update("jax_enable_x64", True)
+
+
+def load_problem(spec: str):
+    """A built-in problem by name, or ``module:function`` that returns one."""
+    from samplax.models.builtin import builtin, builtin_problems
+
+    if ":" in spec:
+        mod, _, fn = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise SystemExit(f"cannot load model {spec!r}: {e}") from None
+        return obj() if callable(obj) else obj
+    if spec not in builtin_problems():
+        raise SystemExit(f"unknown model {spec!r}: use one of {builtin_problems()} or "
+                         "module:function")
+    return builtin(spec)
+
+
+def _teacher(problem, n_cal, n_eval, seed):
+    from samplax.search import make_teacher
+
+    return make_teacher(problem.denoiser, problem.schedule, problem.x_T, problem.t_start,
+                        problem.t_end, n_cal=n_cal, n_eval=n_eval, seed=seed)
+
+
+def _component_data(problem):
+    return problem.data if hasattr(problem.data, "component") else None
+
+
+def cmd_search(args):
+    _setup_jax()
+    from samplax.search import SearchConfig, atomic_write_json, evaluate_baselines, search
+
+    problem = load_problem(args.model)
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
+    if ckpt.exists() and not args.resume:
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
+    t0 = time.perf_counter()
+    print(f"teacher: {args.n_cal} calibration + {args.n_eval} held-out noises", flush=True)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed)
+    data = _component_data(problem)
+    baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
+                                   t_start=problem.t_start, t_end=problem.t_end, data=data)
+    config = SearchConfig(seed=args.seed, generations=args.generations,
+                          population=args.population)
+    # SIGTERM behaves like Ctrl-C: the checkpoint of every finished generation stays.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        result = search(problem.denoiser, problem.schedule, args.nfe, teacher,
+                        t_start=problem.t_start, t_end=problem.t_end, config=config,
+                        checkpoint=ckpt, resume=args.resume,
+                        time_limit=None if args.time_limit is None
+                        else max(args.time_limit - (time.perf_counter() - t0), 0.0),
+                        data=data, baselines=baselines, model_name=args.model,
+                        progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished work is in {ckpt}; rerun with --resume", file=sys.stderr)
+        return 130
+    atomic_write_json(out, result)
+    _print_comparison(result)
+    print(f"saved {out}")
+    return 0
+
+
+def _print_comparison(result):
+    rows = [(k, v) for k, v in result.get("baselines", {}).items() if k != "best"]
+    rows.sort(key=lambda kv: kv[1]["median_rmse"])
+    print(f"\nNFE {result['nfe']} — held-out median RMSE (wrong-component share)")
+    print("| schedule | median RMSE | wrong component |")
+    print("|---|---:|---:|")
+    h = result["objective"]["heldout"]
+    print(f"| searched | {h['median_rmse']:.4g} | {h.get('wrong_component', float('nan')):.3f} |")
+    for k, v in rows[:8]:
+        print(f"| {k} | {v['median_rmse']:.4g} | {v.get('wrong_component', float('nan')):.3f} |")
+    s = result.get("search", {})
+    if s:
+        print(f"search: {s['seconds']:.0f} s, {s['candidates_per_second']:.1f} candidate "
+              "evaluations/s")
+
+
+def cmd_sample(args):
+    _setup_jax()
+    import jax
+    import numpy as np
+
+    from samplax.search import load_plan
+    from samplax.solvers.executor import sample
+    from samplax.solvers.registry import plan_for_nfe
+
+    problem = load_problem(args.model)
+    if args.schedule:
+        plan = load_plan(args.schedule, problem.schedule)
+    else:
+        plan = plan_for_nfe(args.solver, problem.schedule, args.nfe, args.steps,
+                            t_start=problem.t_start, t_end=problem.t_end)
+    x_T = problem.x_T(jax.random.key(args.seed), args.n)
+    x = np.asarray(jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, x_T))
+    out = Path(args.out)
+    if out.suffix == ".npy":
+        np.save(out, x)
+    elif out.suffix == ".png":
+        _save_grid(x, out)
+    else:
+        raise SystemExit("--out must end in .npy or .png")
+    print(f"{plan.nfe} NFE, {x.shape[0]} samples -> {out}")
+    return 0
+
+
+def _save_grid(x, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = x.shape[-1]
+    side = int(round(np.sqrt(d)))
+    if side * side == d and d > 2:  # images, e.g. 8x8 digits
+        n = int(np.ceil(np.sqrt(len(x))))
+        fig, axes = plt.subplots(n, n, figsize=(n, n))
+        for ax, img in zip(np.ravel(axes), list(x) + [None] * (n * n - len(x))):
+            ax.axis("off")
+            if img is not None:
+                ax.imshow(img.reshape(side, side), cmap="gray")
+    else:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(x[:, 0], x[:, 1], s=3)
+        ax.set_aspect("equal")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def cmd_compare(args):
+    _setup_jax()
+    from samplax.search import evaluate_baselines, load_result
+
+    problem = load_problem(args.model)
+    teacher = _teacher(problem, 8, args.n, args.seed)
+    result = {"nfe": args.nfe, "baselines": evaluate_baselines(
+        problem.denoiser, problem.schedule, args.nfe, teacher, t_start=problem.t_start,
+        t_end=problem.t_end, data=_component_data(problem))}
+    if args.searched:
+        import jax
+
+        from samplax.metrics import error_summary
+        from samplax.search.result import plan_from_result
+        from samplax.solvers.executor import sample
+
+        obj = load_result(args.searched)
+        plan = plan_from_result(obj, problem.schedule)
+        x = jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, teacher.x_eval)
+        result["objective"] = {"heldout": error_summary(x, teacher.ref_eval,
+                                                        _component_data(problem))}
+        result["nfe"] = obj["nfe"]
+    else:
+        best = result["baselines"]["best"]
+        result["objective"] = {"heldout": best}
+        print(f"best hand-made: {best['name']}")
+    _print_comparison(result)
+    return 0
+
+
+def cmd_solvers(args):
+    from samplax.solvers.registry import SOLVERS
+
+    for name, spec in SOLVERS.items():
+        print(f"{name:28s} order {spec.order}  {spec.summary}")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="samplax", description="Diffusion sampling solvers.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("search", help="search the best schedule for a model and NFE budget")
+    s.add_argument("--model", default="gmm64")
+    s.add_argument("--nfe", type=int, required=True)
+    s.add_argument("--out", default="schedule.json")
+    s.add_argument("--checkpoint", default=None, help="default: OUT with .ckpt.json")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--time-limit", type=float, default=None, help="seconds")
+    s.add_argument("--n-cal", type=int, default=256)
+    s.add_argument("--n-eval", type=int, default=1024)
+    s.add_argument("--generations", type=int, default=6)
+    s.add_argument("--population", type=int, default=48)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("sample", help="sample with a saved schedule or a named solver")
+    s.add_argument("--model", default="gmm64")
+    s.add_argument("--schedule", default=None, help="a search result JSON")
+    s.add_argument("--solver", default="dpm_solver_pp_2m")
+    s.add_argument("--nfe", type=int, default=10)
+    s.add_argument("--steps", default="logsnr", help="step schedule for --solver")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.npy")
+    s.set_defaults(fn=cmd_sample)
+
+    s = sub.add_parser("compare", help="hand-made baselines (and a searched schedule)")
+    s.add_argument("--model", default="gmm64")
+    s.add_argument("--nfe", type=int, default=10)
+    s.add_argument("--searched", default=None)
+    s.add_argument("--n", type=int, default=256)
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("solvers", help="list the registered solvers")
+    s.set_defaults(fn=cmd_solvers)
+
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The default search strategy: memetic search over per-step choices and times.
+
+For an exact NFE budget and each structure (with and without the analytical
+first step), a population of per-step choices (USF decision space) is
+evaluated in one ``vmap``; the elites' times, free coefficients and network-time
+offsets are refined with Adam through the sampler; mutations of the elites
+(keeping their refined parameters) form the next generation; the best few get a
+long final refinement. Selection uses calibration noises only; the reported
+figures are on held-out noises. Every finished generation is written to a
+checkpoint, so an interrupted search resumes where it stopped and, with the same
+seed, reaches the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samplax.metrics import error_summary
+from samplax.search.objective import Teacher
+from samplax.search.population import Evaluator, Params, stack
+from samplax.search.result import SCHEMA, atomic_write_json, schedule_description
+from samplax.search.space import mutate_steps, random_steps, times_from_theta
+from samplax.solvers.executor import sample
+from samplax.solvers.usf import MAX_ORDER, Choices, Step, usf
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Knobs of the default strategy; the defaults need no tuning."""
+
+    population: int = 48
+    generations: int = 6
+    elites: int = 4
+    refine_iters: int = 40
+    final_iters: int = 300
+    finalists: int = 2
+    lr: float = 0.05
+    afs: tuple = (False, True)
+    orders: tuple = (1, 2, 3, 4)
+    free_coefficients: bool = True
+    model_times: bool = True
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _free(config: SearchConfig):
+    free = ["theta"]
+    if config.free_coefficients:
+        free.append("coefficients")
+    if config.model_times:
+        free.append("shift")
+    return tuple(free)
+
+
+def _steps_to_json(steps):
+    return [{"prediction": s.prediction, "order": s.order, "corrector": s.corrector}
+            for s in steps]
+
+
+def _steps_from_json(items):
+    return tuple(Step(d["prediction"], int(d["order"]), bool(d["corrector"])) for d in items)
+
+
+def _params_to_json(p: Params):
+    return {k: np.asarray(v).tolist() for k, v in p._asdict().items()}
+
+
+def _params_from_json(d):
+    return Params(*(jnp.asarray(d[k]) for k in Params._fields))
+
+
+def _seed_steps(n: int, orders) -> list[tuple[Step, ...]]:
+    """Uniform choice sets: every (prediction, order, corrector) on all steps."""
+    return [tuple([Step(p, o, c)] * n) for p in ("data", "noise") for o in orders
+            for c in (False, True)]
+
+
+_EVALUATORS: dict = {}
+
+
+def _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher) -> Evaluator:
+    """Reuse compiled evaluators across calls on the same objects (e.g. a resumed
+    search in the same process); keyed by identity, a handful kept."""
+    key = (id(denoiser), id(schedule), n, afs, float(t_start), float(t_end),
+           id(teacher.x_cal), id(teacher.ref_cal))
+    if key not in _EVALUATORS:
+        if len(_EVALUATORS) >= 8:
+            _EVALUATORS.pop(next(iter(_EVALUATORS)))
+        # keep the keyed objects alive with the evaluator so ids stay unique
+        _EVALUATORS[key] = (Evaluator(denoiser, schedule, n, afs, t_start, t_end,
+                                      teacher.x_cal, teacher.ref_cal),
+                            (denoiser, schedule, teacher))
+    return _EVALUATORS[key][0]
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc="search", unit="gen")
+            except ImportError:  # tqdm is an optional extra
+                self.bar = None
+        self.enabled = enabled
+
+    def update(self, best: float, note: str):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"best {best:.4g} {note}")
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[search] {note}: best calibration loss {best:.4g}", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def search(
+    denoiser,
+    schedule,
+    nfe: int,
+    teacher: Teacher,
+    *,
+    t_start,
+    t_end,
+    config: SearchConfig | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    time_limit: float | None = None,
+    data=None,
+    baselines: dict | None = None,
+    model_name: str = "custom",
+    progress: bool = True,
+) -> dict:
+    """Search the best plan of exactly ``nfe`` evaluations for ``denoiser``.
+
+    Args:
+        denoiser, schedule: the model (``D(x, t) -> x0_hat``) and its noise schedule.
+        nfe: the exact budget; every candidate costs exactly ``nfe`` evaluations.
+        teacher: calibration and held-out noises with the teacher's samples
+            (:func:`samplax.search.objective.make_teacher`).
+        t_start, t_end: the ends of the sampling interval (fixed).
+        config: :class:`SearchConfig`.
+        checkpoint: a JSON file written after every generation; with ``resume``
+            an existing one (of the same problem and config) is continued.
+        time_limit: seconds; when exceeded, no new generation starts and the
+            best so far is finalized.
+        data: the data model, if it can tell mixture components (reported).
+        baselines: held-out summaries of hand-made solvers to record beside the
+            result (see :func:`samplax.search.baselines.evaluate_baselines`).
+
+    Returns:
+        The result as a JSON-ready dict (schema ``samplax.search/1``); save it with
+        :func:`samplax.search.result.atomic_write_json`, load with ``load_plan``.
+    """
+    config = config or SearchConfig()
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    afs_options = [a for a in config.afs if nfe + int(a) >= 2 or not a]
+    t0 = time.perf_counter()
+    ident = {"nfe": nfe, "config": config.key(), "model": model_name,
+             "n_cal": int(teacher.x_cal.shape[0])}
+    state = None
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        with open(checkpoint) as f:
+            state = json.load(f)
+        if state.get("ident") != ident:
+            raise ValueError(
+                f"checkpoint {checkpoint} belongs to another search ({state.get('ident')}); "
+                "delete it or pass resume=False"
+            )
+    if state is None:
+        state = {"ident": ident, "structures": {}, "evaluations": 0, "refine_steps": 0,
+                 "seconds": 0.0}
+    elapsed0 = state["seconds"]
+
+    def save():
+        state["seconds"] = elapsed0 + time.perf_counter() - t0
+        if checkpoint is not None:
+            atomic_write_json(checkpoint, state)
+
+    bar = _Progress(len(afs_options) * (config.generations + 1), progress)
+    free = _free(config)
+    for afs in afs_options:
+        key = f"afs={int(afs)}"
+        st = state["structures"].setdefault(key, {"generation": 0, "done": False})
+        if st["done"]:
+            bar.update(st["best_loss"], f"{key} (resumed, done)")
+            continue
+        n = nfe + int(afs)
+        ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher)
+        if st["generation"] == 0:
+            rng = np.random.default_rng([config.seed, int(afs)])
+            pop = _seed_steps(n, config.orders)
+            while len(pop) < config.population:
+                pop.append(random_steps(rng, n, orders=config.orders))
+            st["pop"] = [_steps_to_json(s) for s in pop[: config.population]]
+            st["params"] = [_params_to_json(Params.zeros(n, afs))] * len(st["pop"])
+            st["rng"] = rng.bit_generator.state
+            st["archive"] = []
+        while st["generation"] < config.generations:
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                break
+            rng = np.random.default_rng()
+            rng.bit_generator.state = st["rng"]
+            steps = [_steps_from_json(s) for s in st["pop"]]
+            params = stack([_params_from_json(p) for p in st["params"]])
+            choices = stack([Choices.from_steps(s) for s in steps])
+            losses = np.asarray(ev.batch_loss(params, choices))
+            losses = np.where(np.isfinite(losses), losses, np.inf)
+            state["evaluations"] += len(steps)
+            order = np.argsort(losses, kind="stable")[: config.elites]
+            sub = lambda t, idx=order: jax.tree.map(lambda a: a[idx], t)
+            ref_p, ref_l = ev.refine(sub(params), sub(choices), iters=config.refine_iters,
+                                     lr=config.lr, free=free)
+            state["refine_steps"] += config.refine_iters * len(order)
+            ref_l = np.asarray(ref_l)
+            elites = []
+            for j, i in enumerate(order):
+                p = jax.tree.map(lambda a, j=j: a[j], ref_p)
+                elites.append((float(ref_l[j]), steps[i], p))
+                st["archive"].append({"loss": float(ref_l[j]), "steps": _steps_to_json(steps[i]),
+                                      "params": _params_to_json(p)})
+            st["archive"] = sorted(st["archive"], key=lambda a: a["loss"])[: config.finalists * 4]
+            # next generation: elites, their mutations (inheriting parameters), randoms
+            new_steps = [e[1] for e in elites]
+            new_params = [e[2] for e in elites]
+            while len(new_steps) < config.population:
+                parent = elites[int(rng.integers(len(elites)))]
+                if rng.random() < 0.85:
+                    new_steps.append(mutate_steps(rng, parent[1], orders=config.orders))
+                    new_params.append(parent[2])
+                else:
+                    new_steps.append(random_steps(rng, n, orders=config.orders))
+                    new_params.append(Params.zeros(n, afs))
+            st["pop"] = [_steps_to_json(s) for s in new_steps]
+            st["params"] = [_params_to_json(p) for p in new_params]
+            st["rng"] = rng.bit_generator.state
+            st["generation"] += 1
+            st["best_loss"] = st["archive"][0]["loss"]
+            save()
+            bar.update(st["best_loss"], f"{key} gen {st['generation']}")
+        if not st["archive"]:  # the time limit struck before a first generation
+            continue
+        # final: long refinement of the best distinct finalists
+        seen, finals = set(), []
+        for a in st["archive"]:
+            k = json.dumps(a["steps"])
+            if k not in seen:
+                seen.add(k)
+                finals.append(a)
+            if len(finals) == config.finalists:
+                break
+        steps = [_steps_from_json(a["steps"]) for a in finals]
+        params = stack([_params_from_json(a["params"]) for a in finals])
+        choices = stack([Choices.from_steps(s) for s in steps])
+        fp, fl = ev.refine(params, choices, iters=config.final_iters, lr=config.lr / 2, free=free)
+        state["refine_steps"] += config.final_iters * len(finals)
+        fl = np.asarray(fl)
+        b = int(np.argmin(fl))
+        st["final"] = {"loss": float(fl[b]), "steps": _steps_to_json(steps[b]),
+                       "params": _params_to_json(jax.tree.map(lambda a, b=b: a[b], fp))}
+        st["best_loss"] = float(fl[b])
+        st["done"] = True
+        save()
+        bar.update(st["best_loss"], f"{key} final")
+    bar.close()
+
+    done = {k: v for k, v in state["structures"].items() if v.get("done")}
+    if not done:
+        raise RuntimeError("the time limit ended the search before any structure finished")
+    best_key = min(done, key=lambda k: done[k]["final"]["loss"])
+    afs = best_key == "afs=1"
+    fin = done[best_key]["final"]
+    steps = _steps_from_json(fin["steps"])
+    p = _params_from_json(fin["params"])
+    ts = times_from_theta(schedule, p.theta, t_start, t_end)
+    eval_ts = ts[1:-1] if afs else ts[:-1]
+    model_times = schedule.t_of_lam(schedule.lam(eval_ts) + p.shift)
+    coefs = p.coefficients if config.free_coefficients else None
+    plan = usf(schedule, ts, steps, afs=afs, coefficients=coefs,
+               model_times=model_times if config.model_times else None)
+    assert plan.nfe == nfe, (plan.nfe, nfe)
+    run = jax.jit(lambda pl, x: sample(denoiser, pl, x))
+    held = error_summary(run(plan, teacher.x_eval), teacher.ref_eval, data)
+    cal = error_summary(run(plan, teacher.x_cal), teacher.ref_cal, data)
+    seconds = elapsed0 + time.perf_counter() - t0
+    evals = state["evaluations"] + state["refine_steps"]
+    return {
+        "schema": SCHEMA,
+        "model": model_name,
+        "schedule": schedule_description(schedule),
+        "nfe": nfe,
+        "t_start": float(t_start),
+        "t_end": float(t_end),
+        "timesteps": np.asarray(ts).tolist(),
+        "steps": _steps_to_json(steps),
+        "afs": afs,
+        "coefficients": None if coefs is None else np.asarray(coefs).tolist(),
+        "model_times": np.asarray(model_times).tolist() if config.model_times else None,
+        "objective": {"heldout": held, "calibration": cal,
+                      "n_heldout": int(teacher.x_eval.shape[0]),
+                      "n_calibration": int(teacher.x_cal.shape[0])},
+        "baselines": baselines or {},
+        "search": {
+            "config": dataclasses.asdict(config),
+            "seconds": seconds,
+            "population_evaluations": state["evaluations"],
+            "refinement_steps": state["refine_steps"],
+            "candidates_per_second": evals / max(seconds, 1e-9),
+            "structures": {k: v.get("best_loss") for k, v in state["structures"].items()},
+        },
+    }
+
+
+__all__ = ["MAX_ORDER", "SearchConfig", "search"]
