@@ -86,14 +86,16 @@ def cmd_search(args):
     return 0
 
 
-def _print_comparison(result):
+def _print_comparison(result, label="searched"):
     rows = [(k, v) for k, v in result.get("baselines", {}).items() if k != "best"]
     rows.sort(key=lambda kv: kv[1]["median_rmse"])
     print(f"\nNFE {result['nfe']} — held-out median RMSE (wrong-component share)")
     print("| schedule | median RMSE | wrong component |")
     print("|---|---:|---:|")
     h = result["objective"]["heldout"]
-    print(f"| searched | {h['median_rmse']:.4g} | {h.get('wrong_component', float('nan')):.3f} |")
+    if label:
+        print(f"| {label} | {h['median_rmse']:.4g} | "
+              f"{h.get('wrong_component', float('nan')):.3f} |")
     for k, v in rows[:8]:
         print(f"| {k} | {v['median_rmse']:.4g} | {v.get('wrong_component', float('nan')):.3f} |")
     s = result.get("search", {})
@@ -179,7 +181,7 @@ def cmd_compare(args):
         best = result["baselines"]["best"]
         result["objective"] = {"heldout": best}
         print(f"best hand-made: {best['name']}")
-    _print_comparison(result)
+    _print_comparison(result, label="searched" if args.searched else None)
     return 0
 
 
