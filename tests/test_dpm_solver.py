@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from convergence import logsnr_times, problem
 
-from samplax.models import GaussianMixture, gaussian_flow, point_mass
+from samplax.models import GaussianMixture, gaussian_flow, point_mass, reference_solve
 from samplax.schedules import NoiseSchedule, VPLinear
 from samplax.solvers.ddim import ddim
 from samplax.solvers.dpm_solver import (
@@ -536,11 +536,23 @@ def test_bad_options_raise():
         dpm_solver_pp(S, ts[::-1])
 
 
-def test_noise_form_refuses_sigma_zero():
+def test_noise_form_to_sigma_zero_takes_the_exact_finite_limit():
+    """The noise form's last step to sigma = 0 is ``alpha_t x0_hat`` (the limit of
+    ``sigma_t (e^h - 1) eps_hat``): DPM-Solver-1 equals DPM-Solver++1 there, every
+    order stays finite and accurate, and the singlestep stage of that step is skipped."""
     e = EDM()
-    with pytest.raises(ValueError, match="dpm_solver_pp"):
-        dpm_solver(e, jnp.array([80.0, 1.0, 0.0]), 1)
-    with pytest.raises(ValueError, match="cannot step to sigma = 0"):
-        dpm_solver(e, jnp.array([80.0, 10.0, 1.0, 0.0]), 3, method="multistep")
-    with pytest.raises(ValueError, match="sigma = 0"):
+    x = 80.0 * X
+    ts = jnp.concatenate([jnp.geomspace(80.0, 0.02, 12), jnp.zeros(1)])
+    one = _sample(DEN_EDM, dpm_solver(e, ts, 1), x)
+    np.testing.assert_allclose(one, _sample(DEN_EDM, dpm_solver_pp(e, ts, 1), x),
+                               rtol=0, atol=1e-12)
+    ref = reference_solve(DEN_EDM, e, x, jnp.array([80.0, 0.0]))[-1]
+    err_one = float(jnp.max(jnp.abs(one - ref)))
+    for plan in (dpm_solver(e, ts, 3, method="multistep"), dpm_solver(e, ts, 2),
+                 dpm_solver(e, ts, method="singlestep", orders=[3] * 11 + [1])):
+        out = _sample(DEN_EDM, plan, x)
+        assert bool(jnp.all(jnp.isfinite(out)))
+        assert float(jnp.max(jnp.abs(out - ref))) < err_one
+    assert dpm_solver(e, ts, 2).nfe == 2 * 12 - 1
+    with pytest.raises(ValueError, match="sigma\\(t_end\\) > 0"):
         dpm_solver_fast(e, 6, t_end=0.0)

@@ -90,20 +90,21 @@ def _step_coefficients(schedule, s, t, data: bool) -> dict:
     hh = jnp.where(fin, h, jnp.ones_like(h))
     hs = jnp.where(fin, h, jnp.zeros_like(h))
     lin = sch.sigma if data else sch.alpha
-    B = sch.alpha if data else (lambda u: -sch.sigma(u))
     lin_s = lin(s)
-    out = dict(
-        lam_s=lam_s,
-        hh=hh,
-        w=jnp.where(fin, 1.0, 0.0),
-        # limits at sigma_t = 0, h = inf: A = 0; c_1 = 1 (data form; the noise form
-        # has no limit: inf, and a NaN sample, if it is ever traced into this case)
-        A=jnp.where(fin, lin(t_eff) / lin_s, 0.0),
-        B=B(t),
-        c1=jnp.where(fin, _c(1, h, data), 1.0 if data else jnp.inf),
-        c1h=_c(1, hh, data),
-        hs=hs,
-    )
+    if data:
+        # limits at sigma_t = 0, h = inf: A = 0, c_1 = 1: x_t = alpha_t x0_hat
+        A = jnp.where(fin, lin(t_eff) / lin_s, 0.0)
+        B = sch.alpha(t)
+        c1 = jnp.where(fin, _c(1, h, data), 1.0)
+    else:
+        # sigma_t (e^h - 1) -> alpha_t sigma_s/alpha_s as sigma_t -> 0 (sigma_t e^h is
+        # alpha_t e^{-lam_s}): the step tends to alpha_t/alpha_s (x_s - sigma_s eps_hat)
+        # = alpha_t x0_hat, exact and finite; written as B c_1 with c_1 = 1
+        A = lin(t) / lin_s
+        B = jnp.where(fin, -sch.sigma(t_eff), -sch.alpha(t) * sch.sigma(s) / lin_s)
+        c1 = jnp.where(fin, _c(1, h, data), 1.0)
+    out = dict(lam_s=lam_s, hh=hh, w=jnp.where(fin, 1.0, 0.0), A=A, B=B, c1=c1,
+               c1h=_c(1, hh, data), hs=hs)
     for j in (2, 3):
         out[f"c{j}h"] = _c(j, hh, data)
     return out
@@ -276,13 +277,6 @@ def _build(
     # higher-order term divides by h = inf. Known only for concrete times; with
     # traced times the coefficients gate those terms instead (_step_coefficients).
     if reaches_zero_noise(schedule, ts[-1]):
-        if not data:
-            raise ValueError(
-                "DPM-Solver (noise prediction) cannot step to sigma = 0: its update "
-                "sigma_t (e^h - 1) eps_hat is 0 * inf there. Use dpm_solver_pp (data "
-                "prediction, exact at sigma = 0), or stop at a small t_end and finish "
-                "with a final denoise x0_hat(x, t_end)."
-            )
         orders[-1] = 1
 
     nfe = (sum(orders) if method == "singlestep" else n_steps) - int(afs)
@@ -442,10 +436,10 @@ def dpm_solver(
             order) or ``'published'``, the official code's ``D2`` (half the second
             difference it needs), which converges at about order 2; for parity.
 
-    The noise form cannot step to ``sigma = 0``; a final time with ``sigma = 0``
-    raises ``ValueError`` (use :func:`~samplax.solvers.dpm_solver_pp.dpm_solver_pp`,
-    or stop at a small ``t_end`` and denoise). The check needs concrete times:
-    traced into that case, the plan gives NaN samples.
+    A last step to ``sigma = 0`` is first order and takes the update's finite
+    limit ``sigma_t (e^h - 1) -> alpha_t sigma_s/alpha_s``, i.e.
+    ``x_t = alpha_t x0_hat`` (exact; the same with traced times). Singlestep
+    solvers then skip that step's stage evaluations.
 
     Returns:
         A :class:`~samplax.solvers.plan.Plan`.
@@ -497,8 +491,9 @@ def dpm_solver_fast(
     t_end = schedule.t_min if t_end is None else t_end
     if reaches_zero_noise(schedule, t_end):
         raise ValueError(
-            "DPM-Solver-fast (noise prediction) cannot step to sigma = 0; choose t_end "
-            "with sigma > 0 and finish with a final denoise, or use dpm_solver_pp"
+            "dpm_solver_fast spaces its steps uniformly in log-SNR, which needs "
+            "sigma(t_end) > 0; pass times to dpm_solver(..., method='singlestep', "
+            "orders=dpm_solver_fast_orders(nfe, order)) to end at sigma = 0"
         )
     ts = _logsnr_uniform(schedule, len(orders), t_start, t_end)
     return dpm_solver(

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.schedules import steps as step_schedules
+from samplax.solvers._common import reaches_zero_noise
 from samplax.solvers.ddim import ddim
 from samplax.solvers.deis import deis
 from samplax.solvers.dpm_solver import dpm_solver
@@ -30,9 +31,12 @@ from samplax.solvers.usf import Step, usf
 class SolverSpec(NamedTuple):
     """A registered solver.
 
-    ``build(schedule, timesteps) -> Plan``; ``nfe(n_steps) -> int``; ``order``: the
-    nominal convergence order; ``family``: the paper's solver family (baselines
-    are chosen per family); ``min_steps``: the fewest steps it accepts.
+    ``build(schedule, timesteps) -> Plan``; ``nfe(n_steps) -> int`` when the last
+    time has ``sigma > 0``; ``order``: the nominal convergence order; ``family``: the
+    paper's solver family (baselines are chosen per family); ``min_steps``: the
+    fewest steps it accepts; ``saved_at_zero``: evaluations saved when the last time
+    has ``sigma = 0`` (a singlestep solver's last step is then first order, so its
+    intermediate evaluation is skipped). Use :meth:`cost` for both cases.
     """
 
     name: str
@@ -42,10 +46,15 @@ class SolverSpec(NamedTuple):
     family: str
     summary: str
     min_steps: int = 1
+    saved_at_zero: int = 0
+
+    def cost(self, n_steps: int, to_zero: bool = False) -> int:
+        """Evaluations of ``n_steps`` steps; ``to_zero``: the last time has sigma = 0."""
+        return self.nfe(n_steps) - (self.saved_at_zero if to_zero else 0)
 
 
-def _spec(name, build, nfe, order, family, summary, min_steps=1):
-    return name, SolverSpec(name, build, nfe, order, family, summary, min_steps)
+def _spec(name, build, nfe, order, family, summary, min_steps=1, saved_at_zero=0):
+    return name, SolverSpec(name, build, nfe, order, family, summary, min_steps, saved_at_zero)
 
 
 SOLVERS: dict[str, SolverSpec] = dict(
@@ -55,16 +64,17 @@ SOLVERS: dict[str, SolverSpec] = dict(
         _spec("heun", heun, lambda n: 2 * n - 1, 2, "edm",
               "EDM Heun, Euler on the last step (Karras et al. 2022, alg. 1)"),
         _spec("dpm_solver_2", lambda s, t: dpm_solver(s, t, order=2), lambda n: 2 * n, 2,
-              "dpm_solver", "DPM-Solver-2, singlestep (Lu et al. 2022)"),
+              "dpm_solver", "DPM-Solver-2, singlestep (Lu et al. 2022)", saved_at_zero=1),
         _spec("dpm_solver_3", lambda s, t: dpm_solver(s, t, order=3), lambda n: 3 * n, 3,
-              "dpm_solver", "DPM-Solver-3, singlestep (Lu et al. 2022)"),
+              "dpm_solver", "DPM-Solver-3, singlestep (Lu et al. 2022)", saved_at_zero=2),
         _spec("dpm_solver_2m", lambda s, t: dpm_solver(s, t, order=2, method="multistep"),
               lambda n: n, 2, "dpm_solver", "DPM-Solver-2, multistep noise form"),
         _spec("dpm_solver_3m", lambda s, t: dpm_solver(s, t, order=3, method="multistep"),
               lambda n: n, 3, "dpm_solver", "DPM-Solver-3, multistep noise form"),
         _spec("dpm_solver_pp_2s",
               lambda s, t: dpm_solver_pp(s, t, order=2, method="singlestep"),
-              lambda n: 2 * n, 2, "dpm_solver_pp", "DPM-Solver++(2S) (Lu et al. 2022b)"),
+              lambda n: 2 * n, 2, "dpm_solver_pp", "DPM-Solver++(2S) (Lu et al. 2022b)",
+              saved_at_zero=1),
         _spec("dpm_solver_pp_2m", lambda s, t: dpm_solver_pp(s, t, order=2), lambda n: n, 2,
               "dpm_solver_pp", "DPM-Solver++(2M), midpoint (Lu et al. 2022b)"),
         _spec("dpm_solver_pp_2m_heun",
@@ -144,14 +154,18 @@ def get_solver(name: str) -> SolverSpec:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}") from None
 
 
-def steps_for_nfe(spec: SolverSpec, nfe: int) -> int:
-    """The number of steps at which ``spec`` costs exactly ``nfe`` evaluations."""
+def steps_for_nfe(spec: SolverSpec, nfe: int, to_zero: bool = False) -> int:
+    """The number of steps at which ``spec`` costs exactly ``nfe`` evaluations.
+
+    ``to_zero``: the run ends at ``sigma = 0`` (see :attr:`SolverSpec.saved_at_zero`).
+    """
     for n in range(spec.min_steps, 4 * nfe + 10):
-        if spec.nfe(n) == nfe:
+        if spec.cost(n, to_zero) == nfe:
             return n
-    feasible = sorted({spec.nfe(n) for n in range(spec.min_steps, nfe + 10)})
+    feasible = sorted({spec.cost(n, to_zero) for n in range(spec.min_steps, nfe + 10)})
     raise ValueError(
-        f"{spec.name} cannot spend exactly {nfe} NFE; feasible budgets near it: "
+        f"{spec.name} cannot spend exactly {nfe} NFE"
+        f"{' when ending at sigma = 0' if to_zero else ''}; feasible budgets near it: "
         f"{[f for f in feasible if abs(f - nfe) <= 6]}"
     )
 
@@ -164,13 +178,13 @@ def plan_for_nfe(name: str, schedule, nfe: int, step_schedule: str = "logsnr", *
     schedule's ``t_max`` and ``t_min``.
     """
     spec = get_solver(name)
-    n = steps_for_nfe(spec, nfe)
     if step_schedule not in STEP_SCHEDULES:
         raise ValueError(
             f"unknown step schedule {step_schedule!r}; choose one of {sorted(STEP_SCHEDULES)}"
         )
     t0 = schedule.t_max if t_start is None else t_start
     t1 = schedule.t_min if t_end is None else t_end
+    n = steps_for_nfe(spec, nfe, reaches_zero_noise(schedule, jnp.asarray(t1)))
     plan = spec.build(schedule, STEP_SCHEDULES[step_schedule](schedule, n, t0, t1))
     if plan.nfe != nfe:  # the registry's accounting is tested; this guards user entries
         raise AssertionError(f"{name}: expected {nfe} NFE, plan has {plan.nfe}")
