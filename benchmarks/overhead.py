@@ -40,13 +40,16 @@ class MLPDenoiser(nn.Module):
         return nn.Dense(self.dim)(h)
 
 
-def _time(fn, repeats):
-    fn().block_until_ready()  # compile and warm up
-    best = np.inf
+def _time(fns, repeats):
+    """Best-of-``repeats`` wall time of each function, measured round-robin."""
+    for fn in fns:
+        fn().block_until_ready()  # compile and warm up
+    best = [np.inf] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn().block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn().block_until_ready()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -72,9 +75,8 @@ def run(nfe: int, repeats: int, batches=(1, 64, 1024), solver=None):
                 y = one_call(y, 0.5)
             return y
 
-        t_scan = _time(lambda: sampler(plan, x), repeats)
-        t_loop = _time(lambda: loop(x), repeats)
-        t_calls = _time(calls, repeats)
+        t_scan, t_loop, t_calls = _time([lambda: sampler(plan, x), lambda: loop(x), calls],
+                                        repeats)
         rows.append((batch, t_scan, t_loop, t_calls))
     return rows
 

@@ -13,7 +13,7 @@ from samplax.schedules import VPLinear
 from samplax.solvers.executor import sample
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(dim: int = 4, n: int = 32, t_end: float = 1e-3):
     """A well-separated 3-component mixture under VP-linear, its noise and reference."""
     schedule = VPLinear()

@@ -4,30 +4,31 @@ Like optax's ``_common_test.py`` or diffrax's ``all_ode_solvers``, each property
 one test parametrized over the registry, so a newly registered solver is checked
 without new test code:
 
-* NFE accounting: ``plan.nfe == spec.nfe(n)`` for several step counts, and the
-  registry's inverse (``steps_for_nfe``, ``plan_for_nfe``) agrees;
-* jit equals eager (1e-12): the jitted sampler against the same plan run with
+* NFE accounting: ``plan.nfe == spec.nfe(n)`` for several step counts, and
+  ``steps_for_nfe`` inverts it;
+* jit equals eager (1e-12): the jitted sampler against the same plan run under
   ``jax.disable_jit()``, i.e. op by op with ``lax.scan`` unrolled in Python;
-* traced at most once per shape: one jitted sampler per solver
-  (``chex.assert_max_traces(n=1)``), called with two different time arrays;
+* traced at most once per shape: the solver's jitted program
+  (``chex.assert_max_traces(n=1)``) is called with different time arrays of the
+  same length;
 * ``vmap`` over samples equals the batch call; ``vmap`` over stacked plans
   (``stack_plans``, buffers padded) equals separate calls;
 * ``jax.grad`` of a sample loss w.r.t. the interior timesteps is finite and
-  agrees with central differences; the sample computed with traced times
-  equals the one from concrete times;
+  agrees with central differences, and traced times build the same plan as
+  concrete times;
 * a float32 run is finite (and close to float64);
 * a last time with ``sigma = 0`` (EDM, ``karras(..., append_zero=True)``) gives
-  finite samples and gradients, or raises ``ValueError`` at construction, and
-  exactly the noise-prediction DPM-Solver family raises;
+  finite samples and gradients, the same with traced times as with concrete
+  ones, and the registry's ``cost(n, to_zero=True)`` evaluations;
 * non-monotone times raise ``ValueError``.
 
 Plus the first-order equivalence DDIM == DPM-Solver-1 == DPM-Solver++1 == Euler
 (EDM view) == UniPC-1 (no corrector) == DEIS-1 == iPNDM-1.
 
-Cost: one tiny mixture (dim 3, 6 samples) and 3-4 steps. The VP sampler is jitted
-once per solver; the gradient tests run ``jax.grad`` eagerly around one shared
-jitted EDM sampler whose plans are padded to fixed buffers, so that one
-compilation (and its linearization) serves every solver of the same NFE.
+Cost: XLA compilation dominates, so everything runs on one tiny mixture (dim 3,
+6 samples) with 3 steps, and each solver compiles exactly one program (see
+:func:`_program`) whose outputs the property tests share. If that program fails to
+trace, every test of that solver that uses it errors with the same message.
 """
 
 import functools
@@ -43,7 +44,7 @@ from samplax.schedules import EDM, VPLinear, steps
 from samplax.solvers import ddim, deis, dpm_solver, dpm_solver_pp, euler, ipndm, unipc
 from samplax.solvers.executor import sample
 from samplax.solvers.plan import pad_plan, stack_plans
-from samplax.solvers.registry import SOLVERS, steps_for_nfe
+from samplax.solvers.registry import SOLVERS, plan_for_nfe, steps_for_nfe
 from samplax.solvers.usf import Step, usf
 
 NAMES = list(SOLVERS)
@@ -66,19 +67,25 @@ TS_B = steps.karras(VP, N_STEPS, t_start=1.0, t_end=1e-3)
 EDM_S = EDM()
 DEN_EDM = MIX.denoiser(EDM_S)
 X_EDM = EDM_S.t_max * X
-GRAD_STEPS = 4  # F-PNDM needs 4 steps to reach sigma = 0 (3 pseudo-RK warm-up steps)
-TS_EDM = steps.karras(EDM_S, GRAD_STEPS)  # 80 -> 0.002
-TS_EDM0 = steps.karras(EDM_S, GRAD_STEPS, append_zero=True)  # 80 -> 0.002 -> 0
+GRAD_STEPS = 3
+# F-PNDM's three pseudo-Runge-Kutta warm-up steps may not reach sigma = 0: one more.
+GRAD_STEPS_FOR = {"pndm_f": 4}
 
-# Building a DPM-Solver (noise prediction) plan that steps to sigma = 0 must raise:
-# its update sigma_t (e^h - 1) eps_hat is 0 * inf there. Every other solver is either
-# in data form (exact at sigma = 0) or integrates in sigma_tilde (DEIS, (i)PNDM,
-# Euler, Heun), where the last step to sigma_tilde = 0 is finite.
-EXPECTED_SIGMA0_RAISE = {n for n, s in SOLVERS.items() if s.family == "dpm_solver"}
+# No registered solver refuses sigma = 0: data forms are exact there, noise forms
+# (DPM-Solver, UniPC) take the finite limit alpha_t x0_hat of their last step, and
+# sigma_tilde integrators (DEIS, (i)PNDM, Euler, Heun) land on sigma_tilde = 0.
+EXPECTED_SIGMA0_RAISE: set[str] = set()
 
 
 def _steps(name: str) -> int:
     return max(N_STEPS, SOLVERS[name].min_steps)
+
+
+@functools.cache
+def _edm_times(name):
+    """Karras times 80 -> 0.002, and the same number of steps ending at t = 0."""
+    n = GRAD_STEPS_FOR.get(name, GRAD_STEPS)
+    return steps.karras(EDM_S, n), steps.karras(EDM_S, n, append_zero=True)
 
 
 @functools.cache
@@ -89,10 +96,6 @@ def _vp_plans(name):
         return spec.build(VP, TS_A), spec.build(VP, TS_B)
     return (spec.build(VP, steps.uniform_logsnr(VP, n, t_start=1.0, t_end=1e-3)),
             spec.build(VP, steps.karras(VP, n, t_start=1.0, t_end=1e-3)))
-
-
-# The test programs are small and run once or twice: skip LLVM's optimizations.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _split(ts):
@@ -118,15 +121,11 @@ def _program(name):
         out = sample(DEN_EDM, plan, X_EDM)
         return jnp.mean(out**2), (out, plan)
 
-    def program(plan, other, inner, ends):
+    def program(plan, stacked, inner, ends):
         traces.append(None)
         (loss, (edm_out, edm_plan)), grad = jax.value_and_grad(edm_loss, has_aux=True)(
             inner, ends
         )
-        # This plan, the other one, and the other with wider buffers (which makes
-        # stack_plans re-index the ring buffers of this solver's layout).
-        wide = pad_plan(other, other.init_d.shape[0] + 1, other.init_e.shape[0] + 2)
-        stacked = stack_plans([plan, other, wide])
         return dict(
             batch=sample(DEN_VP, plan, X),
             rows=jax.vmap(lambda xi: sample(DEN_VP, plan, xi))(X),
@@ -139,7 +138,21 @@ def _program(name):
 
     # chex identifies a function by its name and source: make the name unique.
     program.__name__ = program.__qualname__ = f"program_{name}"
-    return jax.jit(chex.assert_max_traces(program, n=1), compiler_options=_FAST_COMPILE), traces
+    return jax.jit(chex.assert_max_traces(program, n=1)), traces
+
+
+@functools.cache
+def _vp_inputs(name):
+    """``(plan, stack)`` at TS_A and at TS_B. Each stack holds the plan, the other plan
+    and a copy of the other with one more entry in each buffer it uses, which makes
+    ``stack_plans`` re-index the ring buffers of the solver's own layout."""
+    a, b = _vp_plans(name)
+
+    def wider(p):
+        hd, he = p.init_d.shape[0], p.init_e.shape[0]
+        return pad_plan(p, hd + (hd > 0), he + (he > 0))
+
+    return (a, stack_plans([a, b, wider(b)])), (b, stack_plans([b, a, wider(a)]))
 
 
 @functools.cache
@@ -147,9 +160,9 @@ def _results(name):
     """Two calls of the program: VP plans at TS_A with EDM times ending at sigma > 0,
     and at TS_B with EDM times ending at sigma = 0 (same shapes: no retrace)."""
     run, _ = _program(name)
-    a, b = _vp_plans(name)
-    r_a = run(a, b, *_split(TS_EDM))
-    r_b = run(b, a, *_split(TS_EDM0))
+    ts_edm, ts_edm0 = _edm_times(name)
+    r_a = run(*_vp_inputs(name)[0], *_split(ts_edm))
+    r_b = run(*_vp_inputs(name)[1], *_split(ts_edm0))
     return jax.tree.map(np.asarray, r_a), jax.tree.map(np.asarray, r_b)
 
 
@@ -167,7 +180,7 @@ def _eager(den, plan, x):
 @pytest.mark.parametrize("name", NAMES)
 def test_nfe_accounting(name):
     """For every step count the registry accepts (``>= min_steps``), the plan costs
-    exactly ``spec.nfe(n)`` evaluations; ``steps_for_nfe``/``plan_for_nfe`` invert it."""
+    exactly ``spec.nfe(n)`` evaluations, and ``steps_for_nfe`` inverts it."""
     spec = SOLVERS[name]
     problems = []
     for n in sorted({spec.min_steps, 2, 5}):
@@ -191,6 +204,26 @@ def test_nfe_accounting(name):
         assert np.all(np.isfinite(t)) and np.all((t <= 1.0) & (t >= 1e-3)), t
         assert steps_for_nfe(spec, nfe) == n
     assert not problems, f"{name}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nfe_accounting_to_sigma_zero(name):
+    """Ending at sigma = 0 (EDM, t_end = 0): the plan costs ``spec.cost(n, True)``
+    (DPM-Solver++(2S) saves the last midpoint), or the solver refuses with a
+    ValueError that names sigma = 0; ``plan_for_nfe`` then spends the budget exactly."""
+    spec = SOLVERS[name]
+    edm = EDM()
+    for n in sorted({max(spec.min_steps, 3), 5}):
+        ts = jnp.concatenate([jnp.geomspace(edm.t_max, 0.01, n), jnp.zeros(1)])
+        try:
+            plan = spec.build(edm, ts)
+        except ValueError as err:
+            assert "sigma = 0" in str(err), err
+            return
+        assert plan.nfe == spec.cost(n, to_zero=True), (n, plan.nfe)
+        nfe = spec.cost(n, to_zero=True)
+        assert steps_for_nfe(spec, nfe, to_zero=True) == n
+        assert plan_for_nfe(name, edm, nfe, "karras", t_end=0.0).nfe == nfe
 
 
 # --------------------------------------------------------------------------------------
@@ -238,7 +271,7 @@ def test_vmap_over_stacked_plans(name):
 def _edm0_plan(name):
     """The concrete sigma = 0 plan, or the ValueError its construction raises."""
     try:
-        return SOLVERS[name].build(EDM_S, TS_EDM0)
+        return SOLVERS[name].build(EDM_S, _edm_times(name)[1])
     except ValueError as err:
         return err
 
@@ -250,19 +283,19 @@ def test_grad_wrt_interior_times(name):
     assert np.all(np.isfinite(g)), f"{name}: gradient {g}"
     assert np.any(g != 0)
     # Traced times build the plan that concrete times build.
-    concrete = SOLVERS[name].build(EDM_S, TS_EDM)
+    concrete = SOLVERS[name].build(EDM_S, _edm_times(name)[0])
     traced = jax.tree_util.tree_flatten_with_path(r["edm_plan"])[0]
     for (path, got), want in zip(traced, jax.tree.leaves(concrete), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12,
                                    err_msg=f"plan{jax.tree_util.keystr(path)}")
     # Directional derivative against central differences (relative steps in t).
     run, _ = _program(name)
-    a, b = _vp_plans(name)
-    inner, ends = _split(TS_EDM)
-    v = inner * jnp.array([1.0, -1.0, 0.5])
+    plan, stacked = _vp_inputs(name)[0]
+    inner, ends = _split(_edm_times(name)[0])
+    v = inner * jnp.linspace(1.0, -1.0, inner.shape[0])
     eps = 1e-6
-    up = float(run(a, b, inner + eps * v, ends)["loss"])
-    down = float(run(a, b, inner - eps * v, ends)["loss"])
+    up = float(run(plan, stacked, inner + eps * v, ends)["loss"])
+    down = float(run(plan, stacked, inner - eps * v, ends)["loss"])
     fd = (up - down) / (2 * eps)
     np.testing.assert_allclose(float(g @ v), fd, rtol=1e-5, atol=1e-8 * abs(float(r["loss"])))
 
@@ -284,10 +317,9 @@ def test_sigma_zero_finite_or_raises(name):
     np.testing.assert_allclose(r["edm_out"], concrete_out, rtol=0, atol=1e-10)
 
 
-def test_sigma_zero_raising_set_is_the_noise_form_dpm_solvers():
+def test_no_registered_solver_refuses_sigma_zero():
     raising = {n for n in NAMES if isinstance(_edm0_plan(n), ValueError)}
     assert raising == EXPECTED_SIGMA0_RAISE
-    assert raising  # the DPM-Solver noise-form family is registered
 
 
 # --------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from convergence import fitted_order, logsnr_times
+
 from samplax.models import gaussian_flow, point_mass
 from samplax.schedules import VPLinear
 from samplax.solvers.ddim import ddim

@@ -11,6 +11,7 @@ import optax
 from samplax.metrics import error_summary, per_sample_rmse
 from samplax.search.objective import Teacher
 from samplax.search.space import times_from_theta
+from samplax.solvers._common import reaches_zero_noise
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp
 from samplax.solvers.executor import sample
 from samplax.solvers.registry import BASELINE_SOLVERS, STEP_SCHEDULES, get_solver, steps_for_nfe
@@ -29,7 +30,7 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
     for name in solvers:
         spec = get_solver(name)
         try:
-            n = steps_for_nfe(spec, nfe)
+            n = steps_for_nfe(spec, nfe, reaches_zero_noise(schedule, jnp.asarray(t_end)))
         except ValueError:
             continue
         for sname in step_schedules:
