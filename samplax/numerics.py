@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
-
 import numpy as np
 
 # Below this |z| the phi-function recursion loses digits to cancellation; the

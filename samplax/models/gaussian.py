@@ -116,9 +116,10 @@ class GaussianMixture(eqx.Module):
 
         def D(x, t):
             t = jnp.asarray(t)
-            # per-sample times arrive as [batch]; broadcast against the feature axis
-            alpha = schedule.alpha(t)[..., None] if t.ndim else schedule.alpha(t)
-            sigma = schedule.sigma(t)[..., None] if t.ndim else schedule.sigma(t)
+            # per-sample times arrive as [batch]; broadcast against the component and
+            # feature axes of the per-component terms ([..., K, d])
+            alpha = schedule.alpha(t)[..., None, None] if t.ndim else schedule.alpha(t)
+            sigma = schedule.sigma(t)[..., None, None] if t.ndim else schedule.sigma(t)
             return self.denoise(x, alpha, sigma)
 
         return D
@@ -147,7 +148,8 @@ def gaussian(mean, cov) -> GaussianMixture:
     cov = jnp.asarray(cov, float)
     if cov.ndim == 2:
         return GaussianMixture.full(jnp.ones(1), mean[None], cov[None])
-    return GaussianMixture.diagonal(jnp.ones(1), mean[None], jnp.broadcast_to(cov, mean.shape)[None])
+    var = jnp.broadcast_to(cov, mean.shape)
+    return GaussianMixture.diagonal(jnp.ones(1), mean[None], var[None])
 
 
 def point_mass(x0) -> GaussianMixture:

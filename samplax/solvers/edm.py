@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from samplax.solvers._common import check_timesteps, reaches_zero_noise
-from samplax.solvers.plan import Plan, PlanBuilder
+from samplax.solvers.plan import Lin, Plan, PlanBuilder
 
 
 def sigma_tilde(schedule, t):
@@ -43,8 +43,11 @@ def edm_grid(schedule, ts) -> tuple[list, list, list]:
     return times, alpha, [sigma_tilde(schedule, t) for t in times]
 
 
-def _euler_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t) -> None:
+def _euler_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t, x: Lin | None = None) -> None:
     """One Euler step ``s -> t`` in the EDM view (EDM Algorithm 1, lines 4-5).
+
+    From the anchor, or from ``x`` (an expression of the anchor, e.g. with the
+    churn noise of Algorithm 2 added: it is then evaluated and used in one slot).
 
     ``x_tilde_t = x_tilde_s + (sigma_tilde_t - sigma_tilde_s) eps_hat`` with
     ``eps_hat = (x_tilde_s - x0_hat)/sigma_tilde_s``, written with the step ratio
@@ -52,14 +55,17 @@ def _euler_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t) -> None:
     ``x_tilde_t = x_tilde_s + r (x_tilde_s - x0_hat)``: at ``sigma_t = 0``,
     ``r = -1`` exactly and the step returns ``alpha_t x0_hat`` exactly.
     """
-    xt = b.x / a_s
-    out = b.evaluate(b.x, s)
+    x = b.x if x is None else x
+    xt = x / a_s
+    out = b.evaluate(x, s)
     r = (sg_t - sg_s) / sg_s
     b.set_x((xt + (xt - out.d) * r) * a_t)
 
 
-def _heun_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t) -> None:
+def _heun_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t, x: Lin | None = None) -> None:
     """One Heun step ``s -> t`` in the EDM view (EDM Algorithm 1, lines 4-8).
+
+    From the anchor, or from the expression ``x`` (see :func:`_euler_step`).
 
     ``d_i = eps_hat(x_tilde_s)``, predictor ``x_tilde' = x_tilde_s + dsig d_i``,
     ``d'_i = eps_hat(x_tilde', t) = (x_tilde' - x0_hat')/sigma_tilde_t``,
@@ -67,8 +73,12 @@ def _heun_step(b: PlanBuilder, s, t, a_s, a_t, sg_s, sg_t) -> None:
     ``dsig = sigma_tilde_t - sigma_tilde_s``. Needs ``sigma_t > 0``.
     """
     dsig = sg_t - sg_s
+    out1 = b.evaluate(b.x if x is None else x, s)
+    if x is not None:
+        # x becomes the anchor in the first slot, so the second evaluation reads
+        # the anchor (a noise draw in x stays within the first slot).
+        b.set_x(x)
     xt = b.x / a_s
-    out1 = b.evaluate(b.x, s)
     d1 = (xt - out1.d) / sg_s
     x_pred = xt + d1 * dsig
     out2 = b.evaluate(x_pred * a_t, t)

@@ -29,14 +29,25 @@ def sample_noise(key: Array, shape: tuple[int, ...], dtype) -> Array:
     )
 
 
+def _weighted(c, B, dtype):
+    """``sum_h c[h] B[h]``; ``c`` is ``[H]`` or per-coordinate ``[H, *F]`` (F: trailing
+    axes of one sample, broadcast over any batch axes of ``B[h]``)."""
+    if c.ndim == 1:
+        return jnp.tensordot(c.astype(dtype), B, axes=1)
+    c = c.astype(dtype).reshape(c.shape[:1] + (1,) * (B.ndim - c.ndim) + c.shape[1:])
+    return jnp.sum(c * B, axis=0)
+
+
 def _combine(c: Combo, x, D, E, z, dtype):
     out = c.x.astype(dtype) * x
     if D.shape[0]:
-        out = out + jnp.tensordot(c.d.astype(dtype), D, axes=1)
+        out = out + _weighted(c.d, D, dtype)
     if E.shape[0]:
-        out = out + jnp.tensordot(c.e.astype(dtype), E, axes=1)
+        out = out + _weighted(c.e, E, dtype)
     if z is not None:
         out = out + c.z.astype(dtype) * z
+    if c.c is not None:
+        out = out + c.c.astype(dtype)
     return out
 
 
@@ -53,6 +64,18 @@ class SlotHook(Protocol):
     def init(self, x_T: Array) -> Any: ...
 
     def __call__(self, state, k, t, x, D, E, d, key) -> tuple: ...
+
+
+class NoiseSource(Protocol):
+    """Where a stochastic plan's Gaussian draws come from (``sample(..., noise=)``).
+
+    ``noise(key, span, shape, dtype) -> z`` returns a standard normal array of
+    ``shape`` for the slot whose :attr:`Plan.noise_span` row is ``span``; row ``i``
+    of the batch must depend only on ``(key, i)`` so that samples do not change
+    with the batch size.
+    """
+
+    def __call__(self, key, span, shape, dtype) -> Array: ...
 
 
 class StatefulDenoiser(Protocol):
@@ -106,6 +129,7 @@ def sample(
     *,
     return_trajectory: bool = False,
     hook: SlotHook | None = None,
+    noise: NoiseSource | None = None,
 ):
     """Draw samples by running ``plan`` from the initial noise ``x_T``.
 
@@ -124,6 +148,11 @@ def sample(
         return_trajectory: also return the anchor after each NFE slot, ``[K, ...]``.
         hook: a :class:`SlotHook` run after every slot (population transforms such
             as SMC resampling); its key stream is ``fold_in(key, -1 - k)``.
+        noise: where a stochastic plan's draws come from (default: independent
+            draws as above). A :class:`NoiseSource` such as
+            :class:`samplax.solvers.noise.BrownianNoise` is called as
+            ``noise(key, span, shape, dtype)`` with the slot's
+            :attr:`~samplax.solvers.plan.Plan.noise_span` row.
 
     Returns:
         The sample (same shape and dtype as ``x_T``); then the trajectory if asked;
@@ -141,22 +170,29 @@ def sample(
     if hook is not None and key is None:
         raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
     dtype = x_T.dtype
-    hd = plan.evaluate.d.shape[-1]
-    he = plan.evaluate.e.shape[-1]
+    if noise is not None and plan.stochastic and plan.noise_span is None:
+        raise ValueError(
+            "this plan's noise draws carry no time spans (PlanBuilder.noise(span=...)), so "
+            "a Brownian noise source cannot place them on one path; sample without noise="
+        )
+    hd = plan.evaluate.d.shape[1]
+    he = plan.evaluate.e.shape[1]
     D0 = plan.init_d.astype(dtype)[(...,) + (None,) * x_T.ndim] * x_T[None]
     E0 = plan.init_e.astype(dtype)[(...,) + (None,) * x_T.ndim] * x_T[None]
     K = plan.nfe
 
-    def noise(k):
+    def draw(k):
         if not plan.stochastic:
             return None
+        if noise is not None:
+            return noise(key, plan.noise_span[k], x_T.shape, dtype)
         return sample_noise(jax.random.fold_in(key, k), x_T.shape, dtype)
 
     def make_body(den, i):
         def body(carry, slot):
             x, D, E, hs, ds = carry
             k, t, alpha, sigma, ce, cu = slot
-            z = noise(k)
+            z = draw(k)
             x_eval = _combine(ce, x, D, E, z, dtype)
             if _is_stateful(den):
                 d, s_i = den.step(ds[i], x_eval, t)
@@ -193,7 +229,7 @@ def sample(
         carry, traj = jax.lax.scan(make_body(den, i), carry, part)
         trajs.append(traj)
     x, D, E, hs, _ = carry
-    out = _combine(plan.final, x, D, E, noise(K), dtype)
+    out = _combine(plan.final, x, D, E, draw(K), dtype)
     result = (out,)
     if return_trajectory:
         result += (jnp.concatenate(trajs) if len(trajs) > 1 else trajs[0],)

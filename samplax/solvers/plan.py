@@ -35,15 +35,22 @@ Array = Any
 class Combo(NamedTuple):
     """Coefficients of one linear combination (or a stack of them, leading axis K).
 
-    ``x``: anchor weight; ``d``: weights of the data-prediction buffer (last axis Hd);
-    ``e``: weights of the noise-prediction buffer (last axis He); ``z``: weight of the
-    slot's fresh Gaussian noise, or ``None`` for a deterministic plan.
+    ``x``: anchor weight; ``d``: weights of the data-prediction buffer (axis Hd);
+    ``e``: weights of the noise-prediction buffer (axis He); ``z``: weight of the
+    slot's fresh Gaussian noise, or ``None`` for a deterministic plan; ``c``: an
+    additive constant (a sample-shaped offset), or ``None`` (no plan but those with
+    per-coordinate statistics, e.g. DPM-Solver-v3, has one).
+
+    Coefficients are scalars per slot, or may carry trailing *feature* axes that
+    broadcast against one sample (``x: [K, *F]``, ``d: [K, Hd, *F]``): per-coordinate
+    coefficients, used by DPM-Solver-v3's empirical model statistics.
     """
 
     x: Array
     d: Array
     e: Array
     z: Array | None
+    c: Array | None = None
 
 
 class Plan(NamedTuple):
@@ -58,6 +65,12 @@ class Plan(NamedTuple):
         final: the output combination after the last slot.
         init_d, init_e: ``[Hd]``, ``[He]`` multiples of ``x_T`` that pre-fill the
             buffers (analytical first step; zeros otherwise).
+        noise_span: ``[K + 1, 2]`` for a stochastic plan whose every noise draw was
+            declared with a span (``PlanBuilder.noise(span=...)``): the interval of
+            the schedule's time whose Brownian increment slot ``k`` (row ``K``: the
+            final combination) uses; ``(0, 0)`` for a slot without noise. ``None``
+            otherwise. Read only by a noise source such as
+            :class:`samplax.solvers.noise.BrownianNoise`.
     """
 
     t: Array
@@ -68,6 +81,7 @@ class Plan(NamedTuple):
     final: Combo
     init_d: Array
     init_e: Array
+    noise_span: Array | None = None
 
     @property
     def nfe(self) -> int:
@@ -137,6 +151,11 @@ def _is_zero(v) -> bool:
     return isinstance(v, int | float) and v == 0
 
 
+def constant(value) -> Lin:
+    """A constant offset (a sample-shaped array, or a scalar added to every coordinate)."""
+    return Lin({("c", 0): value})
+
+
 def lin_sum(items: Sequence[Lin], weights: Sequence[Any]) -> Lin:
     """``sum_i weights[i] * items[i]``."""
     out = Lin()
@@ -185,6 +204,7 @@ class PlanBuilder:
         self._slots: list[dict] = []
         self._virtual: list[tuple[Any, Any]] = []
         self._n_noise = 0
+        self._noise_spans: dict[int, Any] = {}
 
     @property
     def x(self) -> Lin:
@@ -195,9 +215,18 @@ class PlanBuilder:
     def nfe(self) -> int:
         return len(self._slots)
 
-    def noise(self) -> Lin:
-        """A fresh standard Gaussian variable (shape of the sample)."""
+    def noise(self, span=None) -> Lin:
+        """A fresh standard Gaussian variable (shape of the sample).
+
+        ``span = (t_a, t_b)``, optional: the interval of the schedule's time that
+        this draw stands for, so that a Brownian noise source can return the
+        normalized increment ``(W(t_b) - W(t_a))/sqrt(|t_b - t_a|)`` of one path
+        instead of an independent draw (same law; see :attr:`Plan.noise_span`).
+        Draws of one plan must have disjoint spans.
+        """
         self._n_noise += 1
+        if span is not None:
+            self._noise_spans[self._n_noise - 1] = span
         return Lin({("z", self._n_noise - 1): 1.0})
 
     def _substitute(self, expr: Lin) -> Lin:
@@ -265,10 +294,10 @@ class PlanBuilder:
             raise ValueError("a plan needs at least one network evaluation")
         self._close_slot()
         final = self._substitute(self.x if out is None else out)
-        return _assemble(self._slots, final, self._virtual)
+        return _assemble(self._slots, final, self._virtual, self._noise_spans)
 
 
-def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
+def _assemble(slots: list[dict], final: Lin, virtual: list, spans: dict | None = None) -> Plan:
     K = len(slots)
     # (where, slot index, expression, lookback offset): at an evaluation the buffer
     # holds outputs k-H..k-1; after the push (update) it holds k-H+1..k.
@@ -276,6 +305,7 @@ def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
     exprs += [(k, s["update"], 1) for k, s in enumerate(slots)]
     exprs += [(K, final, 0)]
     need = {"d": 0, "e": 0}
+    has_const = False
     noise_slot: dict[int, int] = {}
     for k, expr, offset in exprs:
         for key in expr.terms:
@@ -285,6 +315,8 @@ def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
                 if j > k or (offset == 0 and j == k):
                     raise ValueError(f"slot {k} uses model output {j} before it exists")
                 need[kind] = max(need[kind], k - j + offset)
+            elif kind == "c":
+                has_const = True
             elif kind == "A":
                 if key[1] != k:
                     raise ValueError(f"slot {k} refers to the anchor of slot {key[1]}")
@@ -308,6 +340,7 @@ def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
         cd = [0.0] * Hd
         ce = [0.0] * He
         cz = 0.0
+        cc = 0.0
         for key, c in expr.terms.items():
             if key[0] == "d":
                 cd[key[1] % Hd] = cd[key[1] % Hd] + c
@@ -315,18 +348,21 @@ def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
                 ce[key[1] % He] = ce[key[1] % He] + c
             elif key[0] == "z":
                 cz = c
-        return cx, cd, ce, cz
+            elif key[0] == "c":
+                cc = c
+        return cx, cd, ce, cz, cc
 
     def stack(rows: list[tuple]) -> Combo:
-        cx, cd, ce, cz = zip(*rows, strict=True)
+        cx, cd, ce, cz, cc = zip(*rows, strict=True)
         return Combo(
             x=_vec(cx),
             d=_mat(cd, Hd),
             e=_mat(ce, He),
             z=_vec(cz) if stochastic else None,
+            c=_vec(cc) if has_const else None,
         )
 
-    fx, fd, fe, fz = combo(final, K)
+    fx, fd, fe, fz, fc = combo(final, K)
     init_d = [0.0] * Hd
     init_e = [0.0] * He
     for i, (cd, ce) in enumerate(virtual):
@@ -335,15 +371,23 @@ def _assemble(slots: list[dict], final: Lin, virtual: list) -> Plan:
             init_d[j % Hd] = cd
         if He:
             init_e[j % He] = ce
+    noise_span = None
+    if stochastic and spans and all(n in spans for n in noise_slot):
+        rows = [(0.0, 0.0)] * (K + 1)
+        for n, k in noise_slot.items():
+            rows[k] = tuple(spans[n])
+        noise_span = jnp.stack([_vec(r) for r in rows])
     return Plan(
         t=_vec([s["t"] for s in slots]),
         alpha=_vec([s["alpha"] for s in slots]),
         sigma=_vec([s["sigma"] for s in slots]),
         evaluate=stack([combo(s["eval"], k) for k, s in enumerate(slots)]),
         update=stack([combo(s["update"], k) for k, s in enumerate(slots)]),
-        final=Combo(_scalar(fx), _vec(fd), _vec(fe), _scalar(fz) if stochastic else None),
+        final=Combo(_scalar(fx), _vec(fd), _vec(fe), _scalar(fz) if stochastic else None,
+                    _scalar(fc) if has_const else None),
         init_d=_vec(init_d),
         init_e=_vec(init_e),
+        noise_span=noise_span,
     )
 
 
@@ -355,16 +399,28 @@ def _scalar(c) -> Array:
     return jnp.asarray(c, dtype=_float_dtype())
 
 
+def _stack_broadcast(vals: list) -> Array:
+    # Scalars and per-coordinate (feature-shaped) coefficients may mix: broadcast.
+    shape = np.broadcast_shapes(*[jnp.shape(v) for v in vals])
+    if any(jnp.shape(v) != shape for v in vals):
+        vals = [jnp.broadcast_to(v, shape) for v in vals]
+    return jnp.stack(vals)
+
+
 def _vec(cs) -> Array:
     if len(cs) == 0:
         return jnp.zeros((0,), _float_dtype())
-    return jnp.stack([_scalar(c) for c in cs])
+    return _stack_broadcast([_scalar(c) for c in cs])
 
 
 def _mat(rows, width: int) -> Array:
     if width == 0:
         return jnp.zeros((len(rows), 0), _float_dtype())
-    return jnp.stack([_vec(r) for r in rows])
+    rows = [_vec(r) for r in rows]
+    # per-coordinate rows are [H, *F]; scalar rows [H] get trailing axes to match
+    nd = max(r.ndim for r in rows)
+    rows = [r.reshape(r.shape[:1] + (1,) * (nd - r.ndim) + r.shape[1:]) for r in rows]
+    return _stack_broadcast(rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -387,23 +443,25 @@ def pad_plan(plan: Plan, hd: int, he: int) -> Plan:
         final=_pad_final(plan, hd, he),
         init_d=_pad_init(plan.init_d, hd),
         init_e=_pad_init(plan.init_e, he),
+        noise_span=plan.noise_span,
     )
 
 
 def _remap(coef: Array, new_h: int, offset: int, first_slot: int = 0) -> Array:
-    """Re-index ``[K, H]`` buffer columns from ``j mod H`` to ``j mod new_h``."""
-    K, H = coef.shape
+    """Re-index ``[K, H, *F]`` buffer columns from ``j mod H`` to ``j mod new_h``."""
+    K, H = coef.shape[:2]
+    feat = coef.shape[2:]
     if new_h < H:
         raise ValueError(f"cannot shrink a buffer from {H} to {new_h}")
     if new_h == H:
         return coef
-    out = jnp.zeros((K, new_h), coef.dtype)
+    out = jnp.zeros((K, new_h) + feat, coef.dtype)
     if H == 0:
         return out
     rows = []
     for r in range(K):
         k = first_slot + r
-        row = jnp.zeros((new_h,), coef.dtype)
+        row = jnp.zeros((new_h,) + feat, coef.dtype)
         # outputs visible at slot k: j in [k + offset - H, k + offset - 1]
         for j in range(k + offset - H, k + offset):
             row = row.at[j % new_h].add(coef[r, j % H])
@@ -412,7 +470,7 @@ def _remap(coef: Array, new_h: int, offset: int, first_slot: int = 0) -> Array:
 
 
 def _pad_combo(c: Combo, hd: int, he: int, offset: int) -> Combo:
-    return Combo(c.x, _remap(c.d, hd, offset), _remap(c.e, he, offset), c.z)
+    return Combo(c.x, _remap(c.d, hd, offset), _remap(c.e, he, offset), c.z, c.c)
 
 
 def _pad_final(plan: Plan, hd: int, he: int) -> Combo:
@@ -420,7 +478,7 @@ def _pad_final(plan: Plan, hd: int, he: int) -> Combo:
     f = plan.final
     d = _remap(f.d[None], hd, 0, first_slot=K)[0]
     e = _remap(f.e[None], he, 0, first_slot=K)[0]
-    return Combo(f.x, d, e, f.z)
+    return Combo(f.x, d, e, f.z, f.c)
 
 
 def _pad_init(init: Array, new_h: int) -> Array:
@@ -442,8 +500,8 @@ def stack_plans(plans: Sequence[Plan]) -> Plan:
     kinds = {p.stochastic for p in plans}
     if len(kinds) != 1:
         raise ValueError("cannot stack deterministic and stochastic plans together")
-    hd = max(p.evaluate.d.shape[-1] for p in plans)
-    he = max(p.evaluate.e.shape[-1] for p in plans)
+    hd = max(p.evaluate.d.shape[1] for p in plans)
+    he = max(p.evaluate.e.shape[1] for p in plans)
     padded = [pad_plan(p, hd, he) for p in plans]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
 
@@ -452,6 +510,6 @@ def describe(plan: Plan) -> str:
     """A short human-readable summary (NFE, buffer sizes, times)."""
     t = np.asarray(plan.t)
     return (
-        f"Plan(nfe={plan.nfe}, Hd={plan.evaluate.d.shape[-1]}, He={plan.evaluate.e.shape[-1]}, "
+        f"Plan(nfe={plan.nfe}, Hd={plan.evaluate.d.shape[1]}, He={plan.evaluate.e.shape[1]}, "
         f"stochastic={plan.stochastic}, t={np.array2string(t, precision=4)})"
     )
