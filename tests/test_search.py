@@ -18,9 +18,12 @@ from samplax.search import (
     load_plan,
     load_result,
     make_teacher,
+    resize_result,
     search,
 )
 from samplax.search import run as run_module
+from samplax.search.dp import dp_timesteps
+from samplax.search.space import theta_from_times
 from samplax.solvers import ddim, dpm_solver_pp
 
 S = VPLinear()
@@ -100,6 +103,52 @@ def test_resume_after_interrupt_gives_the_same_result(problem, result, tmp_path,
     with pytest.raises(ValueError, match="another search"):
         search(den, S, NFE + 1, teacher, t_start=T0, t_end=T1, config=CONFIG, checkpoint=ck,
                progress=False, model_name="gauss4")
+
+
+def test_dp_grid_starts_every_candidate_from_the_gits_times(problem, tmp_path):
+    """``SearchConfig(dp_grid=G)``: the initial times are the DP times on G intervals
+    (saved in the checkpoint), and the search stays within budget and at least as
+    good as DDIM on those times."""
+    data, den, teacher = problem
+    cfg = SearchConfig(population=12, generations=1, elites=2, refine_iters=5,
+                       final_iters=10, finalists=1, afs=(True,), dp_grid=24)
+    ck = tmp_path / "ck.json"
+    res = search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=cfg, checkpoint=ck,
+                 progress=False, model_name="gauss4")
+    assert res["nfe"] == NFE
+    ts, _ = dp_timesteps(den, S, NFE + 1, teacher.x_cal[:32], t_start=T0, t_end=T1, grid=24)
+    init = json.loads(ck.read_text())["structures"]["afs=1"]["init"]["theta"]
+    np.testing.assert_allclose(init, theta_from_times(S, ts), rtol=0, atol=1e-9)
+    path = tmp_path / "r.json"
+    atomic_write_json(path, res)
+    run = jax.jit(lambda p, x: sample(den, p, x))
+    searched = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
+    ts_n, _ = dp_timesteps(den, S, NFE, teacher.x_cal[:32], t_start=T0, t_end=T1, grid=24)
+    dp_ddim = error_summary(run(ddim(S, ts_n), teacher.x_eval), teacher.ref_eval)
+    assert searched["median_rmse"] <= dp_ddim["median_rmse"], (searched, dp_ddim)
+
+
+def test_resized_schedules_keep_their_shape(problem, result, tmp_path):
+    """``load_plan(path, schedule, nfe)``: the same NFE reproduces the plan; NFE +/- 1
+    spend exactly that budget, keep the ends and stay ahead of DDIM at that NFE."""
+    data, den, teacher = problem
+    path = tmp_path / "r.json"
+    atomic_write_json(path, result)
+    same = load_plan(path, S, NFE)
+    np.testing.assert_allclose(same.t, load_plan(path, S).t, rtol=0, atol=1e-10)
+    run = jax.jit(lambda p, x: sample(den, p, x))
+    for nfe in (NFE - 1, NFE + 1):
+        plan = load_plan(path, S, nfe)
+        assert plan.nfe == nfe
+        resized = resize_result(load_result(path), nfe, S)
+        assert resized["timesteps"][0] == T0 and resized["timesteps"][-1] == T1
+        assert np.all(np.diff(resized["timesteps"]) < 0)
+        err = error_summary(run(plan, teacher.x_eval), teacher.ref_eval)["median_rmse"]
+        base = error_summary(run(ddim(S, kl_optimal(S, nfe, t_start=T0, t_end=T1)),
+                                 teacher.x_eval), teacher.ref_eval)["median_rmse"]
+        assert err < base, (nfe, err, base)
+    with pytest.raises(ValueError, match="cannot resize"):
+        resize_result(load_result(path), 0, S)
 
 
 def test_bad_result_files_are_rejected(result, tmp_path):

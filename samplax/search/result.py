@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.solvers.usf import Step, usf
 
@@ -81,6 +82,59 @@ def plan_from_result(obj: dict, schedule):
                model_times=None if mt is None else jnp.asarray(mt))
 
 
-def load_plan(path, schedule):
-    """Load a searched schedule saved by :func:`samplax.search.search` as a plan."""
-    return plan_from_result(load_result(path), schedule)
+def resize_result(obj: dict, nfe: int, schedule) -> dict:
+    """Move a searched schedule to another budget ``nfe`` (transfer to NFE +/- k).
+
+    Everything is read as a function of the relative position ``u = k/N`` along the
+    run: the times through their log-SNR fraction ``(lam_k - lam_0)/(lam_N - lam_0)``,
+    interpolated linearly at the new ``N'`` steps (so ends stay fixed and times stay
+    strictly decreasing); the network-time offsets ``lam(model time) - lam(time)``
+    likewise; per-step choices and free coefficients from the step at the nearest
+    relative position (first to first, last to last). AFS is kept. The returned
+    result has no objective (it was not measured at the new budget).
+    """
+    obj = dict(obj)
+    if "_steps" not in obj:
+        raise ResultError("resize_result needs a validated result (load_result)")
+    afs = obj["afs"]
+    n_old = len(obj["_steps"])
+    n_new = nfe + int(afs)
+    if nfe < 1 or n_new < 2:
+        raise ValueError(f"cannot resize to nfe={nfe} (at least 2 steps needed)")
+    ts = jnp.asarray(obj["timesteps"])
+    lam = np.asarray(schedule.lam(ts), float)
+    if not np.isfinite(lam[-1]):
+        raise ValueError("resize_result needs sigma(t_end) > 0")
+    frac = (lam - lam[0]) / (lam[-1] - lam[0])
+    u_old, u_new = np.linspace(0, 1, n_old + 1), np.linspace(0, 1, n_new + 1)
+    new_lam = lam[0] + (lam[-1] - lam[0]) * np.interp(u_new, u_old, frac)
+    new_ts = np.array(schedule.t_of_lam(jnp.asarray(new_lam)), float)
+    new_ts[0], new_ts[-1] = float(ts[0]), float(ts[-1])
+    nearest = np.rint(np.arange(n_new) * (n_old - 1) / (n_new - 1)).astype(int)
+    steps = [obj["_steps"][i] for i in nearest]
+    out = {k: v for k, v in obj.items() if k not in ("objective", "baselines")}
+    out.update(nfe=nfe, timesteps=new_ts.tolist(), _steps=steps, resized_from=obj["nfe"],
+               steps=[{"prediction": st.prediction, "order": st.order,
+                       "corrector": st.corrector} for st in steps])
+    if obj.get("coefficients") is not None:
+        out["coefficients"] = np.asarray(obj["coefficients"])[nearest].tolist()
+    if obj.get("model_times") is not None:
+        first = int(afs)  # evaluation times: ts[1:-1] with AFS, ts[:-1] without
+        shift = (np.asarray(schedule.lam(jnp.asarray(obj["model_times"])), float)
+                 - lam[first:first + obj["nfe"]])
+        u_eval_old = u_old[first:first + obj["nfe"]]
+        u_eval_new = u_new[first:first + nfe]
+        new_shift = np.interp(u_eval_new, u_eval_old, shift)
+        new_eval_lam = np.asarray(schedule.lam(jnp.asarray(new_ts)), float)[first:first + nfe]
+        out["model_times"] = np.asarray(
+            schedule.t_of_lam(jnp.asarray(new_eval_lam + new_shift)), float).tolist()
+    return out
+
+
+def load_plan(path, schedule, nfe: int | None = None):
+    """Load a searched schedule saved by :func:`samplax.search.search` as a plan;
+    with ``nfe``, moved to that budget by :func:`resize_result`."""
+    obj = load_result(path)
+    if nfe is not None and nfe != obj["nfe"]:
+        obj = resize_result(obj, nfe, schedule)
+    return plan_from_result(obj, schedule)

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.metrics import error_summary
+from samplax.search.dp import dp_timesteps
 from samplax.search.objective import Teacher
 from samplax.search.population import Evaluator, Params, stack
 from samplax.search.result import SCHEMA, atomic_write_json, schedule_description
-from samplax.search.space import mutate_steps, random_steps, times_from_theta
+from samplax.search.space import mutate_steps, random_steps, theta_from_times, times_from_theta
 from samplax.solvers.executor import sample
 from samplax.solvers.usf import MAX_ORDER, Choices, Step, usf
 
@@ -48,6 +49,9 @@ class SearchConfig:
     free_coefficients: bool = True
     model_times: bool = True
     seed: int = 0
+    # > 0: start every candidate's times from the GITS dynamic-programming times on a
+    # grid of this many log-SNR intervals (samplax.search.dp); 0: uniform log-SNR
+    dp_grid: int = 0
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -202,13 +206,21 @@ def search(
             continue
         n = nfe + int(afs)
         ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher)
+        if "init" not in st:
+            init = Params.zeros(n, afs)
+            if config.dp_grid:
+                ts, _ = dp_timesteps(denoiser, schedule, n, teacher.x_cal[:32],
+                                     t_start=t_start, t_end=t_end, grid=config.dp_grid)
+                init = init._replace(theta=jnp.asarray(theta_from_times(schedule, ts)))
+            st["init"] = _params_to_json(init)
+        init = _params_from_json(st["init"])
         if st["generation"] == 0:
             rng = np.random.default_rng([config.seed, int(afs)])
             pop = _seed_steps(n, config.orders)
             while len(pop) < config.population:
                 pop.append(random_steps(rng, n, orders=config.orders))
             st["pop"] = [_steps_to_json(s) for s in pop[: config.population]]
-            st["params"] = [_params_to_json(Params.zeros(n, afs))] * len(st["pop"])
+            st["params"] = [st["init"]] * len(st["pop"])
             st["rng"] = rng.bit_generator.state
             st["archive"] = []
         while st["generation"] < config.generations:
@@ -245,7 +257,7 @@ def search(
                     new_params.append(parent[2])
                 else:
                     new_steps.append(random_steps(rng, n, orders=config.orders))
-                    new_params.append(Params.zeros(n, afs))
+                    new_params.append(init)
             st["pop"] = [_steps_to_json(s) for s in new_steps]
             st["params"] = [_params_to_json(p) for p in new_params]
             st["rng"] = rng.bit_generator.state
