@@ -15,13 +15,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from samplax.metrics import mmd_test
 from samplax.models import GaussianMixture, gaussian
+from samplax.schedules import VPLinear, uniform_logsnr
 from samplax.solvers.executor import sample
+
+# the VP setting most sampler tests share: 12 logSNR steps from t = 1 to 1e-3
+S = VPLinear()
+T0, T1 = 1.0, 1e-3
+TS = uniform_logsnr(S, 12)
+
+
+@functools.cache
+def fine_times(n: int):
+    """``n`` logSNR-uniform steps on ``S`` (distribution tests run at high NFE)."""
+    return uniform_logsnr(S, n)
 
 GAUSS_MU = jnp.array([1.0, -0.5, 0.3])
 GAUSS_COV = jnp.array([[1.0, 0.6, 0.2], [0.6, 0.8, -0.3], [0.2, -0.3, 0.5]])

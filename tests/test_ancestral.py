@@ -1,31 +1,27 @@
 """Ancestral samplers: DDPM, DDIM(eta), Euler ancestral."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 from stochastic_checks import (
+    T0,
+    T1,
+    TS,
+    S,
     check_gaussian,
     check_noise_and_batching,
     check_two_sample,
+    fine_times,
     run,
     small_problem,
 )
 
-from samplax.schedules import VPLinear, uniform_logsnr
+from samplax.schedules import uniform_logsnr
 from samplax.solvers.ancestral import ancestral_levels, ddim_eta, ddpm, euler_ancestral
 from samplax.solvers.ddim import ddim
 from samplax.solvers.edm import euler
 
-S = VPLinear()
-T0, T1 = 1.0, 1e-3
-TS = uniform_logsnr(S, 12)
-
-
-@functools.cache
-def _high():
-    return uniform_logsnr(S, 200)
+N_FINE = 200
 
 
 def test_eta_zero_is_ddim_and_euler_exactly():
@@ -64,11 +60,11 @@ def test_levels_match_ddim_sigma():
                          ids=["ddpm", "ddim_eta0.5", "euler_a"])
 def test_gaussian_moments_and_nfe(make):
     """NFE 200 (first order: covariance bias about 0.05, tolerance 5 s.e. at n = 2000)."""
-    check_gaussian(make(_high()), S, T0, T1, n=2000)
+    check_gaussian(make(fine_times(N_FINE)), S, T0, T1, n=2000)
 
 
 def test_two_sample_mixture():
-    check_two_sample(ddpm(S, _high()), S, T0, T1)
+    check_two_sample(ddpm(S, fine_times(N_FINE)), S, T0, T1)
 
 
 def test_two_sample_has_power():

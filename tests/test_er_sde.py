@@ -1,31 +1,27 @@
 """ER-SDE-Solver (Cui et al. 2023)."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 from convergence import problem
 from stochastic_checks import (
+    T0,
+    T1,
+    TS,
+    S,
     check_gaussian,
     check_noise_and_batching,
     check_two_sample,
+    fine_times,
     run,
     small_problem,
 )
 
-from samplax.schedules import VPLinear, uniform_logsnr
+from samplax.schedules import uniform_logsnr
 from samplax.solvers.ddim import ddim
 from samplax.solvers.er_sde import _coefficients, default_noise_scaler, er_sde
 
-S = VPLinear()
-T0, T1 = 1.0, 1e-3
-TS = uniform_logsnr(S, 12)
-
-
-@functools.cache
-def _high():
-    return uniform_logsnr(S, 50)
+N_FINE = 50
 
 
 def test_ode_noise_scaler_first_order_is_ddim_exactly():
@@ -60,11 +56,11 @@ def test_stage_integrals_against_fine_quadrature():
 
 def test_gaussian_moments_and_nfe():
     """ER-SDE-Solver-3, NFE 50."""
-    check_gaussian(er_sde(S, _high()), S, T0, T1, n=2000)
+    check_gaussian(er_sde(S, fine_times(N_FINE)), S, T0, T1, n=2000)
 
 
 def test_two_sample_mixture():
-    check_two_sample(er_sde(S, _high()), S, T0, T1)
+    check_two_sample(er_sde(S, fine_times(N_FINE)), S, T0, T1)
 
 
 def test_keys_batch_and_vmap():

@@ -1,31 +1,26 @@
 """SA-Solver: stochastic Adams predictor-corrector (Xue et al. 2023)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from stochastic_checks import (
+    T0,
+    T1,
+    TS,
+    S,
     check_gaussian,
     check_noise_and_batching,
     check_two_sample,
+    fine_times,
     run,
     small_problem,
 )
 
-from samplax.schedules import VPLinear, uniform_logsnr
 from samplax.solvers.sa_solver import default_tau, sa_solver, tau_interval
 from samplax.solvers.usf import Step, usf
 
-S = VPLinear()
-T0, T1 = 1.0, 1e-3
-TS = uniform_logsnr(S, 12)
-
-
-@functools.cache
-def _high():
-    return uniform_logsnr(S, 50)
+N_FINE = 50
 
 
 @pytest.mark.parametrize("p", [1, 2, 3])
@@ -47,13 +42,13 @@ def test_tau_functions():
 @pytest.mark.parametrize("mode, orders, nfe", [("PEC", (3, 4), 50), ("PECE", (2, 2), 99)])
 def test_gaussian_moments_and_nfe(mode, orders, nfe):
     """50 steps with tau = 1 throughout (the default tau is 0 near both ends)."""
-    p = sa_solver(S, _high(), *orders, tau=1.0, mode=mode)
+    p = sa_solver(S, fine_times(N_FINE), *orders, tau=1.0, mode=mode)
     assert p.nfe == nfe
     check_gaussian(p, S, T0, T1, n=2000)
 
 
 def test_two_sample_mixture():
-    check_two_sample(sa_solver(S, _high()), S, T0, T1)
+    check_two_sample(sa_solver(S, fine_times(N_FINE)), S, T0, T1)
 
 
 def test_keys_batch_and_vmap():

@@ -1,31 +1,27 @@
 """SDE-DPM-Solver++ 2M / 3M with eta."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 from stochastic_checks import (
+    T0,
+    T1,
+    TS,
+    S,
     check_gaussian,
     check_noise_and_batching,
     check_two_sample,
+    fine_times,
     run,
     small_problem,
 )
 
-from samplax.schedules import EDM, VPLinear, karras, uniform_logsnr
+from samplax.schedules import EDM, karras
 from samplax.solvers.ancestral import ddpm
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp
 from samplax.solvers.sde_dpm_solver import sde_dpm_solver_pp
 
-S = VPLinear()
-T0, T1 = 1.0, 1e-3
-TS = uniform_logsnr(S, 12)
-
-
-@functools.cache
-def _high():
-    return uniform_logsnr(S, 100)
+N_FINE = 100
 
 
 @pytest.mark.parametrize("order, solver_type, third", [
@@ -49,11 +45,11 @@ def test_first_order_eta_one_is_ddpm():
 @pytest.mark.parametrize("order, solver_type", [(2, "midpoint"), (3, "midpoint")])
 def test_gaussian_moments_and_nfe(order, solver_type):
     """NFE 100."""
-    check_gaussian(sde_dpm_solver_pp(S, _high(), order, solver_type), S, T0, T1, n=2000)
+    check_gaussian(sde_dpm_solver_pp(S, fine_times(N_FINE), order, solver_type), S, T0, T1, n=2000)
 
 
 def test_two_sample_mixture():
-    check_two_sample(sde_dpm_solver_pp(S, _high(), 2), S, T0, T1)
+    check_two_sample(sde_dpm_solver_pp(S, fine_times(N_FINE), 2), S, T0, T1)
 
 
 def test_keys_batch_and_vmap():

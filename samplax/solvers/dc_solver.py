@@ -32,8 +32,8 @@ import optax
 
 from samplax.solvers._common import check_timesteps, reaches_zero_noise
 from samplax.solvers._multistep import step_orders
-from samplax.solvers.plan import Lin, Plan, PlanBuilder, lin_sum
-from samplax.solvers.unipc import VARIANTS, _step_weights
+from samplax.solvers.plan import Plan, lin_sum
+from samplax.solvers.unipc import VARIANTS, _step_weights, build_unipc
 
 
 def compensation_weights(times: list, rho):
@@ -87,32 +87,15 @@ def dc_unipc(
     ratios = jnp.ones((n,)) if ratios is None else jnp.asarray(ratios)
     if ratios.shape != (n,):
         raise ValueError(f"ratios must have shape ({n},), got {ratios.shape}")
-    orders = step_orders(n, order, lower_order_final)
-    if reaches_zero_noise(schedule, ts[-1]):
-        orders[-1] = 1
-    t = list(ts)
-    flags = jnp.array([variant == "bh1", variant != "vary_coeff", predict_x0])
-    b = PlanBuilder(schedule)
-    first = b.evaluate(b.x, t[0])
-    history: list[Lin] = [first.d if predict_x0 else first.e]
-    for i in range(n):
-        if i >= dc_order:
-            nodes = [t[i - j] for j in range(dc_order + 1)]
-            w = compensation_weights(nodes, ratios[i])
-            history[-1] = lin_sum(history[::-1][: dc_order + 1], w)
-        k = orders[i]
-        ms = history[: -k - 1 : -1]
-        t_old = tuple(t[i - m] for m in range(1, k))
-        pw, cw = _step_weights(schedule, t[i], t[i + 1], t_old, flags)
-        pred = lin_sum([b.x, *ms], pw)
-        if i == n - 1:
-            b.set_x(pred)
-            break
-        out = b.evaluate(pred, t[i + 1])
-        m_new = out.d if predict_x0 else out.e
-        b.set_x(lin_sum([b.x, *ms, m_new], cw))
-        history.append(m_new)
-    return b.build()
+
+    def compensate(i, t, history):
+        if i < dc_order:
+            return history[-1]
+        w = compensation_weights([t[i - j] for j in range(dc_order + 1)], ratios[i])
+        return lin_sum(history[::-1][: dc_order + 1], w)
+
+    return build_unipc(schedule, ts, step_orders(n, order, lower_order_final), variant,
+                       predict_x0, [True] * n, compensate=compensate)
 
 
 def fit_dc_ratios(

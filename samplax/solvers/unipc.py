@@ -115,7 +115,20 @@ def unipc(
     if afs and n < 2:
         raise ValueError("afs replaces the first network call: it needs at least 2 steps")
 
-    orders = step_orders(n, p, lower_order_final)
+    return build_unipc(schedule, ts, step_orders(n, p, lower_order_final), variant,
+                       predict_x0, use_corrector, afs=afs)
+
+
+def build_unipc(schedule, ts, orders, variant, predict_x0, use_corrector, *, afs=False,
+                compensate=None) -> Plan:
+    """UniPC's plan from validated times and per-step orders and corrector flags.
+
+    ``compensate(i, t, history) -> Lin``, optional: a replacement for the newest
+    model output before step ``i`` (``history`` newest last, ``t`` the times), as
+    DC-Solver's dynamic compensation does (:mod:`samplax.solvers.dc_solver`).
+    """
+    n = int(ts.shape[0]) - 1
+    orders = list(orders)
     if reaches_zero_noise(schedule, ts[-1]):
         orders[-1] = 1
     t = list(ts)  # scalars (one unstack instead of N slices)
@@ -126,6 +139,8 @@ def unipc(
     first = analytic_first_output(b, t[0]) if afs else b.evaluate(b.x, t[0])
     history = [first.d if predict_x0 else first.e]
     for i in range(n):
+        if compensate is not None:
+            history[-1] = compensate(i, t, history)
         k = orders[i]
         ms = history[: -k - 1 : -1]  # m_0 (newest), m_1, .., m_{k-1}
         t_old = tuple(t[i - m] for m in range(1, k))
