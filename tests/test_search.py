@@ -23,14 +23,16 @@ from samplax.search import (
 )
 from samplax.search import run as run_module
 from samplax.search.dp import dp_timesteps
+from samplax.search.population import Params, stack
 from samplax.search.space import theta_from_times
 from samplax.solvers import ddim, dpm_solver_pp
+from samplax.solvers.usf import Choices, Step
 
 S = VPLinear()
 T0, T1 = 1.0, 1e-3
 NFE = 3
 CONFIG = SearchConfig(population=12, generations=2, elites=2, refine_iters=15,
-                      final_iters=60, finalists=1, afs=(True,))
+                      final_iters=40, polish_iters=20, finalists=1, afs=(True,))
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +107,29 @@ def test_resume_after_interrupt_gives_the_same_result(problem, result, tmp_path,
                progress=False, model_name="gauss4")
 
 
+def test_refine_with_a_decaying_learning_rate_never_gets_worse(problem):
+    """``Evaluator.refine(lr_end=...)`` (the search's polish phase) drives one compiled
+    step with a new learning rate each iteration; like the constant-rate refinement it
+    returns the best iterate, never worse than the start."""
+    data, den, teacher = problem
+    ev = run_module._evaluator(den, S, NFE + 1, True, T0, T1, teacher)
+    steps = [Step("data", 2, True)] * (NFE + 1)
+    params = stack([Params.zeros(NFE + 1, True)] * 2)
+    choices = stack([Choices.from_steps(steps)] * 2)
+    start = np.asarray(ev.batch_loss(params, choices))
+    _, const = ev.refine(params, choices, iters=8, lr=0.05)
+    _, decay = ev.refine(params, choices, iters=8, lr=0.05, lr_end=0.001)
+    assert np.all(np.asarray(decay) <= start) and np.all(np.asarray(const) <= start)
+    assert np.all(np.asarray(decay) < start)  # the first steps (lr near 0.05) move it
+
+
 def test_dp_grid_starts_every_candidate_from_the_gits_times(problem, tmp_path):
     """``SearchConfig(dp_grid=G)``: the initial times are the DP times on G intervals
     (saved in the checkpoint), and the search stays within budget and at least as
     good as DDIM on those times."""
     data, den, teacher = problem
     cfg = SearchConfig(population=12, generations=1, elites=2, refine_iters=5,
-                       final_iters=10, finalists=1, afs=(True,), dp_grid=24)
+                       final_iters=10, polish_iters=0, finalists=1, afs=(True,), dp_grid=24)
     ck = tmp_path / "ck.json"
     res = search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=cfg, checkpoint=ck,
                  progress=False, model_name="gauss4")

@@ -71,21 +71,31 @@ class Evaluator:
         self._refiners = {}
 
     def refine(self, params: Params, choices: Choices, *, iters: int, lr: float,
-               free=("theta", "coefficients", "shift")):
+               free=("theta", "coefficients", "shift"), lr_end: float | None = None):
         """Adam on a stacked population; returns refined params and their losses.
 
         Parameters not in ``free`` are held fixed. Each candidate keeps the best
         iterate it visited, so refinement never returns a worse candidate. One
         jitted, vmapped Adam step serves every iteration count, learning rate and
-        population size of this structure (a Python loop drives it).
+        population size of this structure (a Python loop drives it). ``lr_end``:
+        decay the learning rate from ``lr`` to ``lr_end`` along a half cosine
+        (``optax.cosine_decay_schedule``'s shape); default: constant ``lr``.
         """
         free = tuple(sorted(free))
         if free not in self._refiners:
             self._refiners[free] = _make_refiner(self.loss, free)
         init, step = self._refiners[free]
         n = jax.tree.leaves(params)[0].shape[0]
-        state = init(params, choices, jnp.full((n,), lr, params.theta.dtype))
-        for _ in range(iters):
+        dtype = params.theta.dtype
+        state = init(params, choices, jnp.full((n,), lr, dtype))
+        schedule = None
+        if lr_end is not None:
+            schedule = optax.cosine_decay_schedule(lr, max(iters - 1, 1), alpha=lr_end / lr)
+        for k in range(iters):
+            if schedule is not None:
+                # a new value, not a new shape: the jitted step is not retraced
+                state.opt_state.hyperparams["learning_rate"] = jnp.full(
+                    (n,), schedule(k), dtype)
             state = step(state, choices)
         return state.best, state.best_loss
 

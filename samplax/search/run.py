@@ -42,6 +42,9 @@ class SearchConfig:
     elites: int = 4
     refine_iters: int = 40
     final_iters: int = 300
+    # then a second final phase of this many Adam steps, the learning rate decaying
+    # from lr/5 to lr/100 (the search is optimization-limited at 8+ NFE)
+    polish_iters: int = 300
     finalists: int = 2
     lr: float = 0.05
     afs: tuple = (False, True)
@@ -281,6 +284,10 @@ def search(
         choices = stack([Choices.from_steps(s) for s in steps])
         fp, fl = ev.refine(params, choices, iters=config.final_iters, lr=config.lr / 2, free=free)
         state["refine_steps"] += config.final_iters * len(finals)
+        if config.polish_iters:  # same population shape: no new compilation
+            fp, fl = ev.refine(fp, choices, iters=config.polish_iters, lr=config.lr / 5,
+                               lr_end=config.lr / 100, free=free)
+            state["refine_steps"] += config.polish_iters * len(finals)
         fl = np.asarray(fl)
         b = int(np.argmin(fl))
         st["final"] = {"loss": float(fl[b]), "steps": _steps_to_json(steps[b]),
