@@ -22,6 +22,11 @@ directly with ``benchmarks/search.py``.
 Run: ``python benchmarks/quality.py [--n 512] [--nfe 4 5 6 8 10 15 20]
 [--solvers ddim dpm_solver_pp_2m ...] [--schedules logsnr karras ...]``
 (float64, a few CPU minutes: one jitted sampler, compiled once per plan structure).
+
+Per-sample error against the ODE's solution does not apply to stochastic samplers
+(their samples are not meant to follow the ODE); ``--distribution`` runs instead the
+distribution table of :mod:`stochastic` (Fréchet distance and MMD against exact
+samples, with the noise floor), also available as ``python benchmarks/stochastic.py``.
 """
 
 from __future__ import annotations
@@ -140,7 +145,13 @@ def main(argv=None):
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
     ap.add_argument("--schedules", nargs="+", default=list(STEP_SCHEDULES),
                     choices=list(STEP_SCHEDULES))
+    ap.add_argument("--distribution", action="store_true",
+                    help="print the stochastic samplers' distribution table instead")
     args = ap.parse_args(argv)
+    if args.distribution:
+        import stochastic  # benchmarks/stochastic.py, beside this script
+
+        return stochastic.main([])
     schedules = list(dict.fromkeys(["logsnr", *args.schedules]))  # table 1 needs logsnr
 
     problem = builtin("gmm64")

@@ -131,11 +131,11 @@ def samplers(ctx: _Ctx):
     }
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--n-mmd", type=int, default=2000)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     den = PROB.denoiser
     # exact samples of the marginal at t = 1: only the sampler's error is measured
     x_T = PROB.data.prior_sample(jax.random.key(0), args.n, SCHED, T0)
