@@ -9,7 +9,6 @@ steps to sigma = 0; gradients in the timesteps; option errors.
 
 import functools
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from convergence import logsnr_times, problem
 
 from samplax.models import GaussianMixture, gaussian_flow, point_mass, reference_solve
-from samplax.schedules import NoiseSchedule, VPLinear
+from samplax.schedules import EDM, VPLinear
 from samplax.solvers.ddim import ddim
 from samplax.solvers.dpm_solver import (
     dpm_solver,
@@ -30,22 +29,6 @@ from samplax.solvers.executor import sample
 from samplax.solvers.plan import pad_plan
 
 S = VPLinear()
-
-
-class EDM(NoiseSchedule):
-    """alpha = 1, sigma = t: the last time t = 0 has sigma = 0 (lam = inf)."""
-
-    t_min: float = eqx.field(default=0.002, static=True)
-    t_max: float = eqx.field(default=80.0, static=True)
-
-    def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, float))
-
-    def log_sigma(self, t):
-        return jnp.log(jnp.asarray(t, float))
-
-    def t_of_lam(self, lam):
-        return jnp.exp(-jnp.asarray(lam))
 
 
 MIX = GaussianMixture.diagonal(

@@ -1,6 +1,5 @@
 """Euler and Heun in the EDM view (Karras et al. 2022, Algorithm 1)."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,28 +7,12 @@ import pytest
 from convergence import fitted_order, logsnr_times
 
 from samplax.models import gaussian_flow, point_mass, random_mixture
-from samplax.schedules import NoiseSchedule, VPLinear
+from samplax.schedules import EDM, VPLinear
 from samplax.solvers.ddim import ddim
 from samplax.solvers.edm import euler, heun
 from samplax.solvers.executor import sample
 
 run = jax.jit(sample, static_argnums=0)
-
-
-class EDMSchedule(NoiseSchedule):
-    """Karras et al.'s choice ``alpha = 1``, ``sigma = t`` on ``[0, t_max]`` (sigma = 0 at 0)."""
-
-    t_min: float = eqx.field(default=0.0, static=True)
-    t_max: float = eqx.field(default=2.0, static=True)
-
-    def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, float))
-
-    def log_sigma(self, t):
-        return jnp.log(jnp.asarray(t, float))
-
-    def t_of_lam(self, lam):
-        return jnp.exp(-jnp.asarray(lam))
 
 
 def _mixture():
@@ -49,7 +32,7 @@ def test_euler_equals_ddim():
     data = _mixture()
     for s, ts in [
         (VPLinear(), logsnr_times(VPLinear(), 12)),
-        (EDMSchedule(), jnp.array([2.0, 1.5, 0.9, 0.5, 0.2, 0.05, 0.0])),
+        (EDM(0.0, 2.0), jnp.array([2.0, 1.5, 0.9, 0.5, 0.2, 0.05, 0.0])),
     ]:
         x_T = s.marginal_std(ts[0]) * jax.random.normal(jax.random.key(0), (16, 3))
         den = data.denoiser(s)
@@ -72,7 +55,7 @@ def test_exact_on_point_mass():
 
 def test_last_euler_step_returns_x0_hat_exactly():
     """A step that reaches sigma = 0 is plain Euler and returns x0_hat exactly."""
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     data = _mixture()
     den = data.denoiser(s)
     x_T = 2.0 * jax.random.normal(jax.random.key(1), (8, 3))
@@ -118,7 +101,7 @@ def _np_heun_vp(den, x, ts, b0=0.1, b1=20.0):
 
 
 def test_heun_matches_kdiffusion_reimplementation():
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     data = _mixture()
     x_T = 2.0 * np.asarray(jax.random.normal(jax.random.key(2), (16, 3)))
     sig = np.array([2.0, 1.3, 0.8, 0.45, 0.2, 0.05, 0.0])  # final sigma = 0 -> Euler
@@ -160,7 +143,7 @@ def test_nfe(n):
 
 def test_no_nan_at_zero_noise_and_finite_gradients():
     """Final sigma = 0 (alpha = 1, sigma = t, t = 0): finite samples and time gradients."""
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     data = _mixture()
     den = data.denoiser(s)
     x_T = 2.0 * jax.random.normal(jax.random.key(4), (8, 3))
@@ -179,7 +162,7 @@ def test_no_nan_at_zero_noise_and_finite_gradients():
 
 
 def test_bad_options():
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     with pytest.raises(ValueError, match="final_euler"):
         heun(s, jnp.array([2.0, 1.0, 0.5]), final_euler="yes")
     with pytest.raises(ValueError, match="sigma = 0"):

@@ -27,7 +27,6 @@ taken at very high noise (the VP problem starts at sigma_tilde = 152, where
 the cap is invisible).
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,28 +41,12 @@ from samplax.models import (
     random_mixture,
     reference_solve,
 )
-from samplax.schedules import NoiseSchedule, VPLinear
+from samplax.schedules import EDM, VPLinear
 from samplax.solvers.edm import euler
 from samplax.solvers.executor import sample
 from samplax.solvers.pndm import AB_FIXED, adams_bashforth_weights, ipndm, pndm
 
 run = jax.jit(sample, static_argnums=0)
-
-
-class EDMSchedule(NoiseSchedule):
-    """Karras et al.'s choice ``alpha = 1``, ``sigma = t`` on ``[0, t_max]`` (sigma = 0 at 0)."""
-
-    t_min: float = eqx.field(default=0.0, static=True)
-    t_max: float = eqx.field(default=2.0, static=True)
-
-    def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, float))
-
-    def log_sigma(self, t):
-        return jnp.log(jnp.asarray(t, float))
-
-    def t_of_lam(self, lam):
-        return jnp.exp(-jnp.asarray(lam))
 
 
 def _mixture():
@@ -147,7 +130,7 @@ def _np_ipndm(den, x, sigmas, order, variable_step):
 
 @pytest.mark.parametrize("variable_step", [False, True])
 def test_ipndm_matches_reimplementation(variable_step):
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     data = _mixture()
     x_T = 2.0 * np.asarray(jax.random.normal(jax.random.key(2), (16, 3)))
     sig = np.append(_karras(8), 0.0)  # graded grid ending at sigma = 0
@@ -246,7 +229,7 @@ def test_fpndm_fourth_order_on_uniform_sigma_tilde():
     against the number of steps N (NFE = N + 9 has an offset that still matters
     at N = 40: 4.5 against NFE).
     """
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     means = jnp.array([[1.5, -1.0, 0.5, 0.0], [-1.0, 1.0, -0.5, 1.0], [0.0, -1.5, 1.5, -1.0]])
     data = GaussianMixture.diagonal(
         jnp.array([0.3, 0.3, 0.4]), means, jnp.array([0.25, 0.16, 0.36])
@@ -274,7 +257,7 @@ _SOLVERS = {
 def test_no_nan_at_zero_noise_and_finite_gradients(name):
     """Final sigma = 0 (alpha = 1, sigma = t, t = 0): finite samples and time gradients."""
     solver = _SOLVERS[name]
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     data = _mixture()
     den = data.denoiser(s)
     x_T = 2.0 * jax.random.normal(jax.random.key(4), (8, 3))
@@ -290,7 +273,7 @@ def test_no_nan_at_zero_noise_and_finite_gradients(name):
 
 
 def test_bad_options():
-    s = EDMSchedule()
+    s = EDM(0.0, 2.0)
     ts = jnp.array([2.0, 1.0, 0.5])
     for order in (0, 5, 2.0, True):
         with pytest.raises(ValueError, match="order"):

@@ -6,29 +6,12 @@ from convergence import fitted_order, logsnr_times
 
 from samplax import sample
 from samplax.models import gaussian_flow, point_mass
-from samplax.schedules import VPLinear
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules import EDM, VPLinear
 from samplax.solvers.ddim import ddim
 from samplax.solvers.usf import Step, interpolation_weights, usf
 
 S = VPLinear()
 TS = logsnr_times(S, 8)
-
-
-class SigmaToZero(NoiseSchedule):
-    """alpha = 1, sigma = t: the last time may have sigma = 0."""
-
-    t_min: float = 0.0
-    t_max: float = 10.0
-
-    def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, float))
-
-    def log_sigma(self, t):
-        return jnp.log(jnp.asarray(t, float))
-
-    def t_of_lam(self, lam):
-        return jnp.exp(-lam)
 
 
 def test_first_order_is_ddim_in_both_forms():
@@ -85,7 +68,7 @@ def test_afs_saves_one_nfe_and_zero_coefficients_change_nothing():
 
 
 def test_final_sigma_zero_is_finite_and_exact_for_point_mass():
-    s = SigmaToZero()
+    s = EDM(0.0, 10.0)
     ts = jnp.array([10.0, 3.0, 1.0, 0.3, 0.05, 0.0])
     data = point_mass(jnp.array([0.7, -0.2]))
     x = 10.0 * jax.random.normal(jax.random.key(3), (4, 2))
