@@ -148,3 +148,16 @@ def test_frechet_distance_closed_form():
     got = frechet_distance_from_stats(mu1, (q * a) @ q.T, mu2, (q * b) @ q.T)
     # the zero eigenvalues' rounding (~1e-16) enters as its square root
     np.testing.assert_allclose(got, expected, rtol=1e-7)
+
+
+def test_first_load_inside_jit_leaks_no_tracer():
+    # The checkpoints are cached on first use; a first use inside a trace must not
+    # cache that trace's values (it did: an UnexpectedTracerError on the next call).
+    digits._denoiser_checkpoint.cache_clear()
+    digits_features._classifier.cache_clear()
+    problem = builtin("digits")
+    x = jnp.zeros((2, 64))
+    first = jax.jit(lambda x: problem.denoiser(x, 0.5) + digits_features.digits_features(x).sum())
+    second = jax.jit(lambda x: problem.denoiser(x, 0.3) + digits_features.digits_features(x).sum())
+    assert np.all(np.isfinite(np.asarray(first(x))))
+    assert np.all(np.isfinite(np.asarray(second(x))))

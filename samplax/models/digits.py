@@ -175,10 +175,14 @@ def checkpoint_path(name: str, suffix: str):
 
 
 def load_checkpoint(name: str) -> tuple[dict, dict]:
-    """``(config, state)`` of a packaged checkpoint (flax msgpack + JSON config)."""
+    """``(config, state)`` of a packaged checkpoint (flax msgpack + JSON config).
+
+    The weights are NumPy arrays: callers cache them, and a ``jnp`` array made while
+    a ``jit`` trace is active would be that trace's tracer, leaked into the cache.
+    """
     config = json.loads(checkpoint_path(name, "json").read_text())
     state = serialization.msgpack_restore(checkpoint_path(name, "msgpack").read_bytes())
-    return config, jax.tree.map(jnp.asarray, state)
+    return config, jax.tree.map(np.asarray, state)
 
 
 def save_checkpoint(directory, name: str, config: dict, state) -> None:
