@@ -23,16 +23,18 @@ from samplax.search import (
 )
 from samplax.search import run as run_module
 from samplax.search.dp import dp_timesteps
+from samplax.search.free_plan import tune_plan
 from samplax.search.population import Params, stack
 from samplax.search.space import theta_from_times
-from samplax.solvers import ddim, dpm_solver_pp
+from samplax.solvers import ddim, ddpm, dpm_solver_pp
 from samplax.solvers.usf import Choices, Step
 
 S = VPLinear()
 T0, T1 = 1.0, 1e-3
 NFE = 3
 CONFIG = SearchConfig(population=12, generations=2, elites=2, refine_iters=15,
-                      final_iters=40, polish_iters=20, finalists=1, afs=(True,))
+                      final_iters=40, polish_iters=20, finalists=2, afs=(True,),
+                      plan_iters=30)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,8 @@ def test_dp_grid_starts_every_candidate_from_the_gits_times(problem, tmp_path):
     good as DDIM on those times."""
     data, den, teacher = problem
     cfg = SearchConfig(population=12, generations=1, elites=2, refine_iters=5,
-                       final_iters=10, polish_iters=0, finalists=1, afs=(True,), dp_grid=24)
+                       final_iters=10, polish_iters=0, finalists=2, afs=(True,), dp_grid=24,
+                       plan_iters=0)
     ck = tmp_path / "ck.json"
     res = search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=cfg, checkpoint=ck,
                  progress=False, model_name="gauss4")
@@ -191,3 +194,58 @@ def test_bad_result_files_are_rejected(result, tmp_path):
 
     with pytest.raises(ResultError, match="VPLinear"):
         load_plan(good, EDM())
+
+
+def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
+    """The last phase tunes every coefficient of the best plan: the result records
+    the tuned arrays, they reload exactly, the NFE is unchanged and the calibration
+    loss did not increase."""
+    data, den, teacher = problem
+    tuning = result["search"]["plan_tuning"]
+    assert tuning["iters"] == CONFIG.plan_iters
+    assert tuning["loss"] <= tuning["loss_before"]
+    path = tmp_path / "r.json"
+    atomic_write_json(path, result)
+    plan = load_plan(path, S)
+    assert plan.nfe == NFE
+    np.testing.assert_array_equal(np.asarray(plan.update.d), result["tuned_plan"]["update"]["d"])
+    described = dict(load_result(path), tuned_plan=None)
+    from samplax.search.result import plan_from_result
+
+    untuned = plan_from_result(described, S)
+    cal = lambda p: float(jnp.mean(jnp.sqrt(jnp.mean(  # noqa: E731
+        (sample(den, p, teacher.x_cal) - teacher.ref_cal) ** 2, -1))))
+    np.testing.assert_allclose(cal(untuned), tuning["loss_before"], rtol=1e-9)
+    np.testing.assert_allclose(cal(plan), tuning["loss"], rtol=1e-9)
+    # resizing starts from the description: the tuned arrays belong to this budget
+    assert "tuned_plan" not in resize_result(load_result(path), NFE + 1, S)
+
+
+def test_tune_plan_improves_a_hand_made_plan_and_refuses_noise(problem):
+    data, den, teacher = problem
+    plan = ddim(S, kl_optimal(S, NFE, t_start=T0, t_end=T1))
+    tuned, before, after = tune_plan(den, S, plan, teacher.x_cal, teacher.ref_cal, iters=40,
+                                     lr=0.003, lr_end=3e-5)
+    assert tuned.nfe == plan.nfe and after < before
+    run = jax.jit(lambda p, x: sample(den, p, x))
+    held = [error_summary(run(p, teacher.x_eval), teacher.ref_eval)["median_rmse"]
+            for p in (plan, tuned)]
+    assert held[1] < held[0], held
+    with pytest.raises(ValueError, match="deterministic"):
+        tune_plan(den, S, ddpm(S, jnp.linspace(T0, T1, 4)), teacher.x_cal, teacher.ref_cal,
+                  iters=1, lr=0.001)
+
+
+def test_bad_tuned_plans_are_rejected(result, tmp_path):
+    bad = tmp_path / "bad.json"
+    tuned = result["tuned_plan"]
+    cases = {
+        "shape": dict(tuned, t=tuned["t"] + [0.5]),
+        "fields": {k: v for k, v in tuned.items() if k != "final"},
+        "non-finite": dict(tuned, update=dict(tuned["update"], x=[float("nan")] * NFE)),
+        "numbers": dict(tuned, evaluate=dict(tuned["evaluate"], x="oops")),
+    }
+    for match, broken in cases.items():
+        bad.write_text(json.dumps(dict(result, tuned_plan=broken)))
+        with pytest.raises(ResultError, match=match):
+            load_plan(bad, S)

@@ -10,7 +10,7 @@ recompiling when the choices change.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,54 +83,66 @@ class Evaluator:
         """
         free = tuple(sorted(free))
         if free not in self._refiners:
-            self._refiners[free] = _make_refiner(self.loss, free)
-        init, step = self._refiners[free]
-        n = jax.tree.leaves(params)[0].shape[0]
-        dtype = params.theta.dtype
-        state = init(params, choices, jnp.full((n,), lr, dtype))
-        schedule = None
-        if lr_end is not None:
-            schedule = optax.cosine_decay_schedule(lr, max(iters - 1, 1), alpha=lr_end / lr)
-        for k in range(iters):
-            if schedule is not None:
-                # a new value, not a new shape: the jitted step is not retraced
-                state.opt_state.hyperparams["learning_rate"] = jnp.full(
-                    (n,), schedule(k), dtype)
-            state = step(state, choices)
-        return state.best, state.best_loss
+            mask = Params(*(name in free for name in Params._fields))
+            self._refiners[free] = make_refiner(self.loss, mask)
+        return run_refiner(self._refiners[free], params, choices, iters=iters, lr=lr,
+                           lr_end=lr_end)
 
 
 class _RefineState(NamedTuple):
-    params: Params
+    params: Any
     opt_state: optax.OptState
-    best: Params
+    best: Any
     best_loss: jax.Array
 
 
-def _make_refiner(loss, free):
-    mask = Params(*(name in free for name in Params._fields))
+def make_refiner(loss, mask=None):
+    """Jitted, vmapped Adam ``(init, step)`` for ``loss(params, aux) -> scalar``.
+
+    ``mask``: a pytree of bools of ``params``' structure; ``False`` leaves are held
+    fixed (default: all free). A non-finite loss or gradient leaves a candidate
+    where it was; each candidate tracks the best iterate it visited.
+    """
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
     vg = jax.value_and_grad(loss)
 
-    def init(params, choices, lr):
+    def init(params, aux, lr):
         state = opt.init(params)
         state.hyperparams["learning_rate"] = lr
-        return _RefineState(params, state, params, loss(params, choices))
+        return _RefineState(params, state, params, loss(params, aux))
 
-    def step(st: _RefineState, choices):
-        v, g = vg(st.params, choices)
-        # A non-finite loss or gradient leaves the candidate where it was.
+    def step(st: _RefineState, aux):
+        v, g = vg(st.params, aux)
         finite = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(g)]
         ok = jnp.isfinite(v) & jnp.all(jnp.stack(finite))
         better = ok & (v < st.best_loss)
         best = jax.tree.map(lambda a, b: jnp.where(better, a, b), st.params, st.best)
         best_loss = jnp.where(better, v, st.best_loss)
-        g = Params(*(gi if m else jnp.zeros_like(gi) for gi, m in zip(g, mask)))
+        if mask is not None:
+            g = jax.tree.map(lambda gi, m: gi if m else jnp.zeros_like(gi), g, mask)
         g = jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), g)
         upd, opt_state = opt.update(g, st.opt_state, st.params)
         return _RefineState(optax.apply_updates(st.params, upd), opt_state, best, best_loss)
 
     return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(step))
+
+
+def run_refiner(refiner, params, aux, *, iters: int, lr: float, lr_end: float | None = None):
+    """Drive a :func:`make_refiner` pair over a stacked population for ``iters`` steps;
+    returns the best parameters each candidate visited and their losses."""
+    init, step = refiner
+    n = jax.tree.leaves(params)[0].shape[0]
+    dtype = jax.tree.leaves(params)[0].dtype
+    state = init(params, aux, jnp.full((n,), lr, dtype))
+    schedule = None
+    if lr_end is not None:
+        schedule = optax.cosine_decay_schedule(lr, max(iters - 1, 1), alpha=lr_end / lr)
+    for k in range(iters):
+        if schedule is not None:
+            # a new value, not a new shape: the jitted step is not retraced
+            state.opt_state.hyperparams["learning_rate"] = jnp.full((n,), schedule(k), dtype)
+        state = step(state, aux)
+    return state.best, state.best_loss
 
 
 def stack(items):

@@ -77,9 +77,51 @@ def plan_from_result(obj: dict, schedule):
         )
     coefs = obj.get("coefficients")
     mt = obj.get("model_times")
-    return usf(schedule, jnp.asarray(obj["timesteps"]), obj["_steps"], afs=obj["afs"],
+    plan = usf(schedule, jnp.asarray(obj["timesteps"]), obj["_steps"], afs=obj["afs"],
                coefficients=None if coefs is None else jnp.asarray(coefs),
                model_times=None if mt is None else jnp.asarray(mt))
+    if obj.get("tuned_plan") is not None:
+        plan = with_tuned_plan(plan, obj["tuned_plan"])
+    return plan
+
+
+_TUNED = ("evaluate", "update", "final")
+
+
+def tuned_plan_to_json(plan) -> dict:
+    """The arrays free-plan tuning changes (:mod:`samplax.search.free_plan`)."""
+    out = {"t": np.asarray(plan.t).tolist()}
+    for name in _TUNED:
+        c = getattr(plan, name)
+        out[name] = {k: np.asarray(getattr(c, k)).tolist() for k in ("x", "d", "e")}
+    return out
+
+
+def with_tuned_plan(plan, tuned: dict):
+    """``plan`` (built from the result's description) with its tuned arrays; they
+    must have exactly the description's shapes and be finite."""
+    def array(value, like, where):
+        try:
+            a = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ResultError(f"tuned_plan.{where}: not an array of numbers") from None
+        if a.shape != np.shape(like):
+            raise ResultError(f"tuned_plan.{where}: shape {a.shape} does not match the "
+                              f"described plan's {np.shape(like)}")
+        if not np.all(np.isfinite(a)):
+            raise ResultError(f"tuned_plan.{where}: non-finite values")
+        return jnp.asarray(a, jnp.result_type(like))
+
+    if not isinstance(tuned, dict) or set(tuned) != {"t", *_TUNED}:
+        raise ResultError("tuned_plan must have the fields t, evaluate, update, final")
+    out = {"t": array(tuned["t"], plan.t, "t")}
+    for name in _TUNED:
+        c, d = getattr(plan, name), tuned[name]
+        if not isinstance(d, dict) or set(d) != {"x", "d", "e"}:
+            raise ResultError(f"tuned_plan.{name} must have the fields x, d, e")
+        out[name] = c._replace(**{k: array(d[k], getattr(c, k), f"{name}.{k}")
+                                  for k in ("x", "d", "e")})
+    return plan._replace(**out)
 
 
 def resize_result(obj: dict, nfe: int, schedule) -> dict:
@@ -90,8 +132,10 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
     interpolated linearly at the new ``N'`` steps (so ends stay fixed and times stay
     strictly decreasing); the network-time offsets ``lam(model time) - lam(time)``
     likewise; per-step choices and free coefficients from the step at the nearest
-    relative position (first to first, last to last). AFS is kept. The returned
-    result has no objective (it was not measured at the new budget).
+    relative position (first to first, last to last). AFS is kept. The free-plan
+    tuning of the original budget (``tuned_plan``) does not carry over: its arrays
+    belong to that budget's slots. The returned result has no objective (it was not
+    measured at the new budget).
     """
     obj = dict(obj)
     if "_steps" not in obj:
@@ -112,7 +156,7 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
     new_ts[0], new_ts[-1] = float(ts[0]), float(ts[-1])
     nearest = np.rint(np.arange(n_new) * (n_old - 1) / (n_new - 1)).astype(int)
     steps = [obj["_steps"][i] for i in nearest]
-    out = {k: v for k, v in obj.items() if k not in ("objective", "baselines")}
+    out = {k: v for k, v in obj.items() if k not in ("objective", "baselines", "tuned_plan")}
     out.update(nfe=nfe, timesteps=new_ts.tolist(), _steps=steps, resized_from=obj["nfe"],
                steps=[{"prediction": st.prediction, "order": st.order,
                        "corrector": st.corrector} for st in steps])

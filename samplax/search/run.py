@@ -5,7 +5,9 @@ first step), a population of per-step choices (USF decision space) is
 evaluated in one ``vmap``; the elites' times, free coefficients and network-time
 offsets are refined with Adam through the sampler; mutations of the elites
 (keeping their refined parameters) form the next generation; the best few get a
-long final refinement. Selection uses calibration noises only; the reported
+long final refinement; last, every coefficient of the best plan and its network
+times are tuned freely (:mod:`samplax.search.free_plan`), the NFE unchanged.
+Selection uses calibration noises only; the reported
 figures are on held-out noises. Every finished generation is written to a
 checkpoint, so an interrupted search resumes where it stopped and, with the same
 seed, reaches the same result as an uninterrupted one.
@@ -25,9 +27,16 @@ import numpy as np
 
 from samplax.metrics import error_summary
 from samplax.search.dp import dp_timesteps
+from samplax.search.free_plan import tune_plan
 from samplax.search.objective import Teacher
 from samplax.search.population import Evaluator, Params, stack
-from samplax.search.result import SCHEMA, atomic_write_json, schedule_description
+from samplax.search.result import (
+    SCHEMA,
+    atomic_write_json,
+    schedule_description,
+    tuned_plan_to_json,
+    with_tuned_plan,
+)
 from samplax.search.space import mutate_steps, random_steps, theta_from_times, times_from_theta
 from samplax.solvers.executor import sample
 from samplax.solvers.usf import MAX_ORDER, Choices, Step, usf
@@ -45,6 +54,10 @@ class SearchConfig:
     # then a second final phase of this many Adam steps, the learning rate decaying
     # from lr/5 to lr/100 (the search is optimization-limited at 8+ NFE)
     polish_iters: int = 300
+    # last, Adam on every coefficient of the best plan and its network times
+    # (samplax.search.free_plan), the learning rate decaying to 1/100; 0: off
+    plan_iters: int = 400
+    plan_lr: float = 0.003
     finalists: int = 2
     lr: float = 0.05
     afs: tuple = (False, True)
@@ -312,6 +325,21 @@ def search(
     coefs = p.coefficients if config.free_coefficients else None
     plan = usf(schedule, ts, steps, afs=afs, coefficients=coefs,
                model_times=model_times if config.model_times else None)
+    tuning = state.get("tuned")
+    if config.plan_iters and (tuning is None or tuning["structure"] != best_key):
+        if time_limit is None or time.perf_counter() - t0 <= time_limit:
+            tuned, before, after = tune_plan(
+                denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
+                iters=config.plan_iters, lr=config.plan_lr, lr_end=config.plan_lr / 100)
+            tuning = {"structure": best_key, "plan": tuned_plan_to_json(tuned),
+                      "loss_before": before, "loss": after}
+            state["tuned"] = tuning
+            state["refine_steps"] += config.plan_iters
+            save()
+    if config.plan_iters and tuning is not None and tuning["structure"] == best_key:
+        plan = with_tuned_plan(plan, tuning["plan"])
+    else:
+        tuning = None
     assert plan.nfe == nfe, (plan.nfe, nfe)
     run = jax.jit(lambda pl, x: sample(denoiser, pl, x))
     held = error_summary(run(plan, teacher.x_eval), teacher.ref_eval, data)
@@ -330,6 +358,7 @@ def search(
         "afs": afs,
         "coefficients": None if coefs is None else np.asarray(coefs).tolist(),
         "model_times": np.asarray(model_times).tolist() if config.model_times else None,
+        "tuned_plan": None if tuning is None else tuning["plan"],
         "objective": {"heldout": held, "calibration": cal,
                       "n_heldout": int(teacher.x_eval.shape[0]),
                       "n_calibration": int(teacher.x_cal.shape[0])},
@@ -341,6 +370,9 @@ def search(
             "refinement_steps": state["refine_steps"],
             "candidates_per_second": evals / max(seconds, 1e-9),
             "structures": {k: v.get("best_loss") for k, v in state["structures"].items()},
+            "plan_tuning": None if tuning is None else {
+                "iters": config.plan_iters, "loss_before": tuning["loss_before"],
+                "loss": tuning["loss"]},
         },
     }
 

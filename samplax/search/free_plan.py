@@ -1,0 +1,94 @@
+"""Free-plan tuning: every coefficient of a searched plan as a free parameter.
+
+The structured search (:mod:`samplax.search.run`) chooses per-step solvers, times
+and a few free coefficients; the result is a plan, i.e. a linear multistep method
+in which every network evaluation happens at a linear combination of the anchor
+and the buffered outputs, and every slot moves the anchor by another one
+(:mod:`samplax.solvers.plan`). This last phase lets all of those coefficients and
+the network's times move, as Bespoke solvers (Shaul et al. 2024, "Bespoke Solvers
+for Generative Flow Models") learn a solver's per-step coefficients, starting from
+the searched plan so that it only refines what the structure found. The NFE and
+the buffers' sizes stay as they are.
+
+Network times move as offsets in ``lam`` (so a small step of the optimizer is a
+small relative change at every noise level); the conversion ``alpha``/``sigma`` of
+each slot stays, since free noise-prediction coefficients absorb it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from samplax.metrics import per_sample_rmse
+from samplax.search.population import make_refiner, run_refiner, stack
+from samplax.solvers.executor import sample
+from samplax.solvers.plan import Combo, Plan
+
+
+class PlanDelta(NamedTuple):
+    """Additive changes of a deterministic plan's coefficients, and ``lam`` offsets
+    of its network times (``[K]``)."""
+
+    evaluate: Combo
+    update: Combo
+    final: Combo
+    shift: jax.Array
+
+
+def zero_delta(plan: Plan) -> PlanDelta:
+    _check_tunable(plan)
+    zeros = lambda c: jax.tree.map(jnp.zeros_like, c)  # noqa: E731
+    return PlanDelta(zeros(plan.evaluate), zeros(plan.update), zeros(plan.final),
+                     jnp.zeros_like(plan.t))
+
+
+def apply_delta(schedule, plan: Plan, delta: PlanDelta) -> Plan:
+    """The plan with ``delta`` added (network times shifted in ``lam``)."""
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+    t = schedule.t_of_lam(schedule.lam(plan.t) + delta.shift)
+    return plan._replace(t=t, evaluate=add(plan.evaluate, delta.evaluate),
+                         update=add(plan.update, delta.update),
+                         final=add(plan.final, delta.final))
+
+
+def _check_tunable(plan: Plan) -> None:
+    if plan.stochastic:
+        raise ValueError("free-plan tuning needs a deterministic plan (no noise slots)")
+    if plan.evaluate.c is not None:
+        raise ValueError("free-plan tuning does not support plans with additive constants")
+    if plan.evaluate.x.ndim != 1:
+        raise ValueError("free-plan tuning needs scalar (not per-coordinate) coefficients")
+
+
+def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, lr: float,
+              lr_end: float | None = None) -> tuple[Plan, float, float]:
+    """Adam on all of a plan's coefficients and network times against a teacher.
+
+    Args:
+        denoiser, schedule: the model.
+        plan: a deterministic plan (the searched one).
+        x, ref: calibration noises and the teacher's samples for them.
+        iters, lr, lr_end: Adam steps; the learning rate decays from ``lr`` to
+            ``lr_end`` along a half cosine (constant if ``lr_end`` is None).
+
+    Returns:
+        ``(tuned plan, loss before, loss after)``: the loss is the mean per-sample
+        RMSE on ``(x, ref)``; the best iterate is kept, so it never increases.
+    """
+    delta = zero_delta(plan)
+
+    def loss(d, base):
+        return jnp.mean(per_sample_rmse(sample(denoiser, apply_delta(schedule, base, d), x),
+                                        ref))
+
+    before = float(jax.jit(loss)(delta, plan))
+    best, best_loss = run_refiner(make_refiner(loss), stack([delta]), stack([plan]),
+                                  iters=iters, lr=lr, lr_end=lr_end)
+    tuned = apply_delta(schedule, plan, jax.tree.map(lambda a: a[0], best))
+    return tuned, before, float(best_loss[0])
+
+
+__all__ = ["PlanDelta", "apply_delta", "tune_plan", "zero_delta"]
