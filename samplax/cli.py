@@ -54,6 +54,9 @@ def cmd_search(args):
     _setup_jax()
     from samplax.search import SearchConfig, atomic_write_json, evaluate_baselines, search
 
+    # bad options fail here, before minutes of teacher and baselines
+    config = SearchConfig(seed=args.seed, generations=args.generations,
+                          population=args.population, **_config_overrides(args.set))
     problem = load_problem(args.model)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
@@ -65,8 +68,6 @@ def cmd_search(args):
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
                                    t_start=problem.t_start, t_end=problem.t_end, data=data)
-    config = SearchConfig(seed=args.seed, generations=args.generations,
-                          population=args.population)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished generation stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -84,6 +85,36 @@ def cmd_search(args):
     _print_comparison(result)
     print(f"saved {out}")
     return 0
+
+
+def _config_overrides(items) -> dict:
+    """``KEY=VALUE`` strings as :class:`SearchConfig` fields (VALUE in JSON: ``5``,
+    ``0.01``, ``[true]``); unknown keys and ill-typed values are refused."""
+    import dataclasses
+    import json
+
+    from samplax.search import SearchConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    out = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{sorted(fields)}")
+        default = fields[key].default
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--set {item!r}: VALUE must be JSON (e.g. 5, 0.01, [true])") from None
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise SystemExit(f"--set {item!r}: {key} takes a {type(default).__name__}")
+        out[key] = value
+    return out
 
 
 def _print_comparison(result, label="searched"):
@@ -157,31 +188,39 @@ def _save_grid(x, path):
 
 def cmd_compare(args):
     _setup_jax()
-    from samplax.search import evaluate_baselines, load_result
+    from samplax.search import evaluate_baselines, load_result, resize_result
 
     problem = load_problem(args.model)
-    teacher = _teacher(problem, 8, args.n, args.seed)
-    result = {"nfe": args.nfe, "baselines": evaluate_baselines(
-        problem.denoiser, problem.schedule, args.nfe, teacher, t_start=problem.t_start,
-        t_end=problem.t_end, data=_component_data(problem))}
+    obj = None
+    nfe = args.nfe
     if args.searched:
+        obj = load_result(args.searched)
+        # compare at the searched budget unless told otherwise (then resized to it)
+        nfe = obj["nfe"] if nfe is None else nfe
+        if nfe != obj["nfe"]:
+            obj = resize_result(obj, nfe, problem.schedule)
+    elif nfe is None:
+        nfe = 10
+    teacher = _teacher(problem, 8, args.n, args.seed)
+    result = {"nfe": nfe, "baselines": evaluate_baselines(
+        problem.denoiser, problem.schedule, nfe, teacher, t_start=problem.t_start,
+        t_end=problem.t_end, data=_component_data(problem))}
+    if obj is not None:
         import jax
 
         from samplax.metrics import error_summary
         from samplax.search.result import plan_from_result
         from samplax.solvers.executor import sample
 
-        obj = load_result(args.searched)
         plan = plan_from_result(obj, problem.schedule)
         x = jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, teacher.x_eval)
         result["objective"] = {"heldout": error_summary(x, teacher.ref_eval,
                                                         _component_data(problem))}
-        result["nfe"] = obj["nfe"]
     else:
         best = result["baselines"]["best"]
         result["objective"] = {"heldout": best}
         print(f"best hand-made: {best['name']}")
-    _print_comparison(result, label="searched" if args.searched else None)
+    _print_comparison(result, label="searched" if obj is not None else None)
     return 0
 
 
@@ -209,6 +248,8 @@ def main(argv=None):
     s.add_argument("--generations", type=int, default=6)
     s.add_argument("--population", type=int, default=48)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other SearchConfig field, e.g. --set polish_iters=0 (repeatable)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_search)
 
@@ -225,7 +266,8 @@ def main(argv=None):
 
     s = sub.add_parser("compare", help="hand-made baselines (and a searched schedule)")
     s.add_argument("--model", default="gmm64")
-    s.add_argument("--nfe", type=int, default=10)
+    s.add_argument("--nfe", type=int, default=None,
+                   help="default: the searched result's NFE, or 10")
     s.add_argument("--searched", default=None)
     s.add_argument("--n", type=int, default=256)
     s.add_argument("--seed", type=int, default=1)

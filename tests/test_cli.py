@@ -1,0 +1,105 @@
+"""The command line: search (with interrupt and --resume), sample, compare, solvers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from samplax.cli import main
+
+# small enough for a test: one structure per generation count, few calibration noises
+SMALL = ["--model", "gauss64", "--nfe", "3", "--n-cal", "16", "--n-eval", "32",
+         "--population", "6", "--quiet", "--set", "refine_iters=5", "--set", "final_iters=20",
+         "--set", "polish_iters=0", "--set", "plan_iters=10", "--set", "afs=[true]",
+         "--set", "finalists=1", "--set", "elites=1"]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """``samplax search`` killed (SIGTERM) after its first checkpoint, then resumed."""
+    d = tmp_path_factory.mktemp("cli")
+    out, ck = d / "s.json", d / "s.ckpt.json"
+    cmd = [sys.executable, "-m", "samplax.cli", "search", *SMALL, "--generations", "3",
+           "--out", str(out)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not ck.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    killed = {"alive": alive, "rc": proc.returncode, "stderr": err, "out_exists": out.exists(),
+              "checkpoint": json.loads(ck.read_text())}
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    return out, killed, resumed
+
+
+@pytest.fixture(scope="module")
+def searched(killed_and_resumed):
+    out, _, resumed = killed_and_resumed
+    assert resumed.returncode == 0, resumed.stderr
+    return out
+
+
+def test_kill_keeps_finished_generations_and_resume_finishes(killed_and_resumed):
+    out, killed, resumed = killed_and_resumed
+    assert killed["alive"], "the search ended before its first checkpoint could be killed"
+    assert killed["rc"] == 130, killed["stderr"]
+    assert "--resume" in killed["stderr"] and not killed["out_exists"]
+    gens = [s["generation"] for s in killed["checkpoint"]["structures"].values()]
+    assert sum(gens) >= 1  # finished generations survive the kill
+    assert resumed.returncode == 0, resumed.stderr
+    assert "saved" in resumed.stdout
+
+
+def test_search_writes_a_result_of_the_budget(searched, capsys):
+    res = json.loads(searched.read_text())
+    assert res["nfe"] == 3 and res["model"] == "gauss64"
+    assert res["objective"]["heldout"]["median_rmse"] < res["baselines"]["best"]["median_rmse"]
+    # a second run refuses to overwrite the checkpoint it left beside the result
+    assert searched.with_suffix(".ckpt.json").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["search", *SMALL, "--generations", "1", "--out", str(searched)])
+
+
+def test_sample_with_a_searched_schedule(searched, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    assert main(["sample", "--model", "gauss64", "--schedule", str(searched), "--n", "5",
+                 "--out", str(out)]) == 0
+    x = np.load(out)
+    assert x.shape == (5, 64) and np.all(np.isfinite(x))
+    assert "3 NFE" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=".npy or .png"):
+        main(["sample", "--model", "gauss64", "--nfe", "4", "--out", str(tmp_path / "x.txt")])
+
+
+def test_compare_uses_the_searched_budget(searched, capsys):
+    assert main(["compare", "--model", "gauss64", "--searched", str(searched), "--n", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "NFE 3 " in out and "| searched |" in out
+    assert main(["compare", "--model", "gauss64", "--searched", str(searched), "--n", "32",
+                 "--nfe", "4"]) == 0  # resized to 4
+    assert "NFE 4 " in capsys.readouterr().out
+
+
+def test_bad_config_overrides_are_refused(tmp_path):
+    base = ["search", "--model", "gauss64", "--nfe", "3", "--out", str(tmp_path / "r.json")]
+    for bad, match in [("nope=1", "KEY one of"), ("final_iters", "KEY=VALUE"),
+                       ("final_iters=ten", "JSON"), ("final_iters=0.5", "takes a int")]:
+        with pytest.raises(SystemExit, match=match):
+            main(base + ["--set", bad])
+
+
+def test_unknown_model_and_solvers_listing(capsys):
+    with pytest.raises(SystemExit, match="unknown model"):
+        main(["sample", "--model", "nope", "--out", "x.npy"])
+    assert main(["solvers"]) == 0
+    assert "dpm_solver_pp_2m" in capsys.readouterr().out
