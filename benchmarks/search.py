@@ -21,6 +21,7 @@ result is also saved as ``search_<model>_nfe<N>.json`` in ``--out-dir`` and, wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from samplax.search import (  # noqa: E402
     resize_result,
     search,
 )
+from samplax.search.free_plan import tune_result  # noqa: E402
 from samplax.search.result import plan_from_result  # noqa: E402
 from samplax.solvers._common import reaches_zero_noise  # noqa: E402
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp  # noqa: E402
@@ -98,6 +100,23 @@ def main():
         if args.reuse and path.exists():
             res = load_result(path)
             secs = res["search"]["seconds"]
+            cfg = SearchConfig()
+            if res.get("tuned_plan") is None and cfg.plan_iters:
+                # saved before the free-plan phase existed: add that phase, which is
+                # what SearchConfig() now runs after the same search
+                t0 = time.perf_counter()
+                res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
+                                  lr=cfg.plan_lr, data=data)
+                secs += time.perf_counter() - t0
+                srch = res["search"]
+                srch["seconds"] = secs
+                srch["refinement_steps"] += cfg.plan_iters
+                srch["candidates_per_second"] = (
+                    srch["population_evaluations"] + srch["refinement_steps"]) / secs
+                res["search"]["config"] = dataclasses.asdict(cfg)
+                res.pop("_steps")
+                atomic_write_json(path, res)
+                res = load_result(path)
         else:
             t0 = time.perf_counter()
             res = search(p.denoiser, p.schedule, nfe, teacher, config=SearchConfig(),

@@ -23,7 +23,7 @@ from samplax.search import (
 )
 from samplax.search import run as run_module
 from samplax.search.dp import dp_timesteps
-from samplax.search.free_plan import tune_plan
+from samplax.search.free_plan import tune_plan, tune_result
 from samplax.search.population import Params, stack
 from samplax.search.space import theta_from_times
 from samplax.solvers import ddim, ddpm, dpm_solver_pp
@@ -234,6 +234,22 @@ def test_tune_plan_improves_a_hand_made_plan_and_refuses_noise(problem):
     with pytest.raises(ValueError, match="deterministic"):
         tune_plan(den, S, ddpm(S, jnp.linspace(T0, T1, 4)), teacher.x_cal, teacher.ref_cal,
                   iters=1, lr=0.001)
+
+
+def test_tune_result_adds_the_phase_to_a_saved_result(problem, result, tmp_path):
+    """``tune_result``: a result searched without the last phase gets it afterwards,
+    its objective re-measured on the teacher's held-out noises."""
+    data, den, teacher = problem
+    path = tmp_path / "r.json"
+    atomic_write_json(path, dict(result, tuned_plan=None))
+    untuned = load_result(path)
+    tuned = tune_result(untuned, den, S, teacher, iters=20, lr=0.003)
+    assert tuned["search"]["plan_tuning"]["loss"] <= tuned["search"]["plan_tuning"]["loss_before"]
+    tuned.pop("_steps")
+    atomic_write_json(path, tuned)
+    run = jax.jit(lambda p, x: sample(den, p, x))
+    again = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
+    assert again == tuned["objective"]["heldout"]
 
 
 def test_bad_tuned_plans_are_rejected(result, tmp_path):
