@@ -22,7 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplax.metrics import error_summary, per_sample_rmse
+from samplax.metrics import error_summary
+from samplax.search.objective import plan_loss
 from samplax.search.population import make_refiner, run_refiner, stack
 from samplax.solvers.executor import sample
 from samplax.solvers.plan import Combo, Plan
@@ -81,8 +82,7 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, lr: float,
     delta = zero_delta(plan)
 
     def loss(d, base):
-        return jnp.mean(per_sample_rmse(sample(denoiser, apply_delta(schedule, base, d), x),
-                                        ref))
+        return plan_loss(denoiser, apply_delta(schedule, base, d), x, ref)
 
     before = float(jax.jit(loss)(delta, plan))
     best, best_loss = run_refiner(make_refiner(loss), stack([delta]), stack([plan]),
