@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--n-eval", type=int, default=512)
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--reuse", action="store_true", help="load saved results, do not search")
+    ap.add_argument("--retune", action="store_true",
+                    help="with --reuse: redo the last (free-plan) phase with SearchConfig()")
     ap.add_argument("--transfer", action="store_true", help="also report NFE -/+ 1 transfer")
     args = ap.parse_args()
     p = load_problem(args.model)
@@ -101,16 +103,22 @@ def main():
             res = load_result(path)
             secs = res["search"]["seconds"]
             cfg = SearchConfig()
-            if res.get("tuned_plan") is None and cfg.plan_iters:
-                # saved before the free-plan phase existed: add that phase, which is
-                # what SearchConfig() now runs after the same search
+            if cfg.plan_iters and (res.get("tuned_plan") is None or args.retune):
+                # saved before the free-plan phase existed (or changed): (re)do that
+                # phase from the searched plan, which is what SearchConfig() now runs
+                # after the same search
                 t0 = time.perf_counter()
+                prev = res["search"].get("plan_tuning") or {}
+                old, old_iters = prev.get("seconds", 0.0), prev.get("iters", 0)
                 res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
-                                  lr=cfg.plan_lr, data=data)
-                secs += time.perf_counter() - t0
+                                  method=cfg.plan_method, loss=cfg.plan_loss, lr=cfg.plan_lr,
+                                  data=data)
+                tune_s = time.perf_counter() - t0
+                res["search"]["plan_tuning"]["seconds"] = tune_s
+                secs += tune_s - old
                 srch = res["search"]
                 srch["seconds"] = secs
-                srch["refinement_steps"] += cfg.plan_iters
+                srch["refinement_steps"] += cfg.plan_iters - old_iters
                 srch["candidates_per_second"] = (
                     srch["population_evaluations"] + srch["refinement_steps"]) / secs
                 res["search"]["config"] = dataclasses.asdict(cfg)
@@ -125,12 +133,15 @@ def main():
             atomic_write_json(path, res)
             res = load_result(path)
         held = dict(res["objective"]["heldout"])
+        untuned = plan_from_result(dict(res, tuned_plan=None), p.schedule)
+        before = error_summary(run(untuned, teacher.x_eval), teacher.ref_eval, data)
         best = dict(base["best"])
         if fd is not None:
             held["fd"] = fd(plan_from_result(res, p.schedule))
+            before["fd"] = fd(untuned)
             best["fd"] = fd(baseline_plan(p, best["name"], nfe))
             o2m["fd"] = fd(dpm_solver_pp(p.schedule, jnp.asarray(o2m["timesteps"]), order=2))
-        rows.append((nfe, best, base2["best"], o2m, res, held, secs))
+        rows.append((nfe, best, base2["best"], o2m, res, before, held, secs))
         print(f"NFE {nfe} done in {secs:.0f} s", flush=True)
         if args.transfer:
             for m in (nfe - 1, nfe + 1):
@@ -144,11 +155,11 @@ def main():
 
     print(f"\n{args.model}: held-out median RMSE (wrong-component share), "
           f"{args.n_eval} held-out / {args.n_cal} calibration noises")
-    print("| NFE | best hand-made | times-only 2M | searched | searched / best | "
+    print("| NFE | best hand-made | times-only 2M | before tuning | searched | searched / best | "
           "best hand-made at 2 NFE | search s | cand/s |")
-    print("|---:|---|---|---|---:|---|---:|---:|")
-    for nfe, b, b2, o2m, res, h, secs in rows:
-        print(f"| {nfe} | {fmt(b)} {b['name']} | {fmt(o2m)} | {fmt(h)} | "
+    print("|---:|---|---|---|---|---:|---|---:|---:|")
+    for nfe, b, b2, o2m, res, before, h, secs in rows:
+        print(f"| {nfe} | {fmt(b)} {b['name']} | {fmt(o2m)} | {fmt(before)} | {fmt(h)} | "
               f"{h['median_rmse'] / b['median_rmse']:.3f} | {fmt(b2)} {b2['name']} | "
               f"{secs:.0f} | {res['search']['candidates_per_second']:.1f} |")
     if transfer:

@@ -55,8 +55,11 @@ def cmd_search(args):
     from samplax.search import SearchConfig, atomic_write_json, evaluate_baselines, search
 
     # bad options fail here, before minutes of teacher and baselines
-    config = SearchConfig(seed=args.seed, generations=args.generations,
-                          population=args.population, **_config_overrides(args.set))
+    try:
+        config = SearchConfig(seed=args.seed, generations=args.generations,
+                              population=args.population, **_config_overrides(args.set))
+    except ValueError as err:  # a value SearchConfig itself refuses
+        raise SystemExit(f"--set: {err}") from None
     problem = load_problem(args.model)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
@@ -106,6 +109,9 @@ def _config_overrides(items) -> dict:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
+            if isinstance(default, str):  # a bare word: --set plan_method=adam
+                out[key] = raw
+                continue
             raise SystemExit(f"--set {item!r}: VALUE must be JSON (e.g. 5, 0.01, [true])") from None
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
@@ -120,15 +126,19 @@ def _config_overrides(items) -> dict:
 def _print_comparison(result, label="searched"):
     rows = [(k, v) for k, v in result.get("baselines", {}).items() if k != "best"]
     rows.sort(key=lambda kv: kv[1]["median_rmse"])
-    print(f"\nNFE {result['nfe']} — held-out median RMSE (wrong-component share)")
-    print("| schedule | median RMSE | wrong component |")
-    print("|---|---:|---:|")
     h = result["objective"]["heldout"]
     if label:
-        print(f"| {label} | {h['median_rmse']:.4g} | "
-              f"{h.get('wrong_component', float('nan')):.3f} |")
-    for k, v in rows[:8]:
-        print(f"| {k} | {v['median_rmse']:.4g} | {v.get('wrong_component', float('nan')):.3f} |")
+        rows.insert(0, (label, h))
+    rows = rows[: 9 if label else 8]
+    # a wrong-component column only for data with mixture components
+    comp = all("wrong_component" in v for _, v in rows)
+    print(f"\nNFE {result['nfe']} — held-out per-sample RMSE"
+          + (" (wrong-component share)" if comp else ""))
+    print("| schedule | median RMSE | mean RMSE |" + (" wrong component |" if comp else ""))
+    print("|---|---:|---:|" + ("---:|" if comp else ""))
+    for k, v in rows:
+        print(f"| {k} | {v['median_rmse']:.4g} | {v['mean_rmse']:.4g} |"
+              + (f" {v['wrong_component']:.3f} |" if comp else ""))
     s = result.get("search", {})
     if s:
         print(f"search: {s['seconds']:.0f} s, {s['candidates_per_second']:.1f} candidate "

@@ -85,6 +85,7 @@ def test_compare_uses_the_searched_budget(searched, capsys):
     assert main(["compare", "--model", "gauss64", "--searched", str(searched), "--n", "32"]) == 0
     out = capsys.readouterr().out
     assert "NFE 3 " in out and "| searched |" in out
+    assert "| wrong component |" in out and "nan" not in out
     assert main(["compare", "--model", "gauss64", "--searched", str(searched), "--n", "32",
                  "--nfe", "4"]) == 0  # resized to 4
     assert "NFE 4 " in capsys.readouterr().out
@@ -93,9 +94,23 @@ def test_compare_uses_the_searched_budget(searched, capsys):
 def test_bad_config_overrides_are_refused(tmp_path):
     base = ["search", "--model", "gauss64", "--nfe", "3", "--out", str(tmp_path / "r.json")]
     for bad, match in [("nope=1", "KEY one of"), ("final_iters", "KEY=VALUE"),
-                       ("final_iters=ten", "JSON"), ("final_iters=0.5", "takes a int")]:
+                       ("final_iters=ten", "JSON"), ("final_iters=0.5", "takes a int"),
+                       ("plan_method=newton", "unknown plan_method 'newton'"),
+                       ("plan_loss=3", "takes a str")]:
         with pytest.raises(SystemExit, match=match):
             main(base + ["--set", bad])
+
+
+def test_comparison_table_without_mixture_components(capsys):
+    """Data without components (digits) gets no wrong-component column (it printed nan)."""
+    from samplax.cli import _print_comparison
+
+    summary = lambda m: {"median_rmse": m, "mean_rmse": 2 * m}  # noqa: E731
+    _print_comparison({"nfe": 4, "objective": {"heldout": summary(0.01)},
+                       "baselines": {"a/b": summary(0.03), "best": summary(0.03)}})
+    out = capsys.readouterr().out
+    assert "nan" not in out and "wrong component" not in out
+    assert "| searched | 0.01 | 0.02 |" in out and "| a/b | 0.03 | 0.06 |" in out
 
 
 def test_unknown_model_and_solvers_listing(capsys):

@@ -8,7 +8,12 @@ and the buffered outputs, and every slot moves the anchor by another one
 the network's times move, as Bespoke solvers (Shaul et al. 2024, "Bespoke Solvers
 for Generative Flow Models") learn a solver's per-step coefficients, starting from
 the searched plan so that it only refines what the structure found. The NFE and
-the buffers' sizes stay as they are.
+the buffers' sizes stay as they are. The default fit is Levenberg-Marquardt on the
+mean log RMSE (:mod:`samplax.search.gauss_newton`): on the digits model at 8 NFE it
+took the held-out median from 0.0042 (400 Adam steps on the mean RMSE) to 0.0033.
+Widening the buffers to every past output (the most general linear plan of this
+NFE) was measured and does not pay: the same fit reached the same optimum (0.00383
+vs 0.00383 held-out with the mean RMSE).
 
 Network times move as offsets in ``lam`` (so a small step of the optimizer is a
 small relative change at every noise level); the conversion ``alpha``/``sigma`` of
@@ -23,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from samplax.metrics import error_summary
-from samplax.search.objective import plan_loss
+from samplax.search.gauss_newton import levenberg_marquardt
+from samplax.search.objective import check_loss, plan_loss
 from samplax.search.population import make_refiner, run_refiner, stack
 from samplax.solvers.executor import sample
 from samplax.solvers.plan import Combo, Plan
@@ -64,46 +70,64 @@ def _check_tunable(plan: Plan) -> None:
         raise ValueError("free-plan tuning needs scalar (not per-coordinate) coefficients")
 
 
-def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, lr: float,
+METHODS = ("lm", "adam")
+
+
+def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str = "lm",
+              loss: str = "log_rmse", lr: float | None = None,
               lr_end: float | None = None) -> tuple[Plan, float, float]:
-    """Adam on all of a plan's coefficients and network times against a teacher.
+    """Fit all of a plan's coefficients and network times to a teacher.
 
     Args:
         denoiser, schedule: the model.
         plan: a deterministic plan (the searched one).
         x, ref: calibration noises and the teacher's samples for them.
-        iters, lr, lr_end: Adam steps; the learning rate decays from ``lr`` to
-            ``lr_end`` along a half cosine (constant if ``lr_end`` is None).
+        iters: accepted Levenberg-Marquardt steps at most (``method="lm"``,
+            :func:`samplax.search.gauss_newton.levenberg_marquardt`), or Adam steps
+            (``method="adam"``; then ``lr`` is required and the learning rate decays
+            to ``lr_end`` along a half cosine, constant if ``lr_end`` is None).
+        loss: the objective, a name in :data:`samplax.search.objective.LOSSES`.
 
     Returns:
-        ``(tuned plan, loss before, loss after)``: the loss is the mean per-sample
-        RMSE on ``(x, ref)``; the best iterate is kept, so it never increases.
+        ``(tuned plan, loss before, loss after)`` in the chosen objective on
+        ``(x, ref)``; the best iterate is kept, so it never increases.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown tuning method {method!r}; choose one of {list(METHODS)}")
+    rho = check_loss(loss)
     delta = zero_delta(plan)
+    if method == "lm":
+        def residuals(d):
+            return sample(denoiser, apply_delta(schedule, plan, d), x) - ref
 
-    def loss(d, base):
-        return plan_loss(denoiser, apply_delta(schedule, base, d), x, ref)
+        best, before, after, _ = levenberg_marquardt(residuals, delta, rho, iters=iters)
+        return apply_delta(schedule, plan, best), before, after
+    if lr is None:
+        raise ValueError("method='adam' needs a learning rate lr")
 
-    before = float(jax.jit(loss)(delta, plan))
-    best, best_loss = run_refiner(make_refiner(loss), stack([delta]), stack([plan]),
+    def objective(d, base):
+        return plan_loss(denoiser, apply_delta(schedule, base, d), x, ref, loss)
+
+    before = float(jax.jit(objective)(delta, plan))
+    best, best_loss = run_refiner(make_refiner(objective), stack([delta]), stack([plan]),
                                   iters=iters, lr=lr, lr_end=lr_end)
     tuned = apply_delta(schedule, plan, jax.tree.map(lambda a: a[0], best))
     return tuned, before, float(best_loss[0])
 
 
-
-
-def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, lr: float,
-                data=None) -> dict:
-    """A loaded search result with the free-plan phase applied (for results saved
-    before it existed, or with ``plan_iters=0``): exactly what :func:`search` does
-    last, with the objective re-measured on the same calibration and held-out noises.
+def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, method: str = "lm",
+                loss: str = "log_rmse", lr: float | None = None, data=None) -> dict:
+    """A loaded search result with the free-plan phase (re)done from its searched,
+    untuned plan: for results saved before the phase existed or changed, or with
+    ``plan_iters=0``. Exactly what :func:`search` does last, with the objective
+    re-measured on the same calibration and held-out noises.
     """
     from samplax.search.result import plan_from_result, tuned_plan_to_json
 
     plan = plan_from_result(dict(result, tuned_plan=None), schedule)
     tuned, before, after = tune_plan(denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
-                                     iters=iters, lr=lr, lr_end=lr / 100)
+                                     iters=iters, method=method, loss=loss, lr=lr,
+                                     lr_end=None if lr is None else lr / 100)
     run = jax.jit(lambda p, x: sample(denoiser, p, x))
     out = dict(result, tuned_plan=tuned_plan_to_json(tuned))
     out["objective"] = dict(result["objective"],
@@ -111,9 +135,10 @@ def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, lr: fl
                                                   data),
                             calibration=error_summary(run(tuned, teacher.x_cal),
                                                       teacher.ref_cal, data))
-    out["search"] = dict(result["search"], plan_tuning={"iters": iters, "loss_before": before,
-                                                        "loss": after})
+    out["search"] = dict(result["search"], plan_tuning={
+        "iters": iters, "method": method, "loss_name": loss, "loss_before": before,
+        "loss": after})
     return out
 
 
-__all__ = ["PlanDelta", "apply_delta", "tune_plan", "tune_result", "zero_delta"]
+__all__ = ["METHODS", "PlanDelta", "apply_delta", "tune_plan", "tune_result", "zero_delta"]

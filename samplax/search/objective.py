@@ -49,10 +49,35 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     return Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
 
 
-def plan_loss(denoiser, plan, x, ref):
-    """Mean per-sample RMSE: smooth, and unlike the MSE not dominated by the few
-    samples that switch mixture components."""
-    return jnp.mean(per_sample_rmse(sample(denoiser, plan, x), ref))
+def _log_rmse(s):
+    # the floor keeps an exactly reproduced sample finite and stops a fit from
+    # chasing float64 round-off once a sample is exact to 1e-12
+    return jnp.log(s + 1e-12)
+
+
+LOSSES: dict[str, Callable] = {
+    # mean per-sample RMSE: smooth, and unlike the MSE not dominated by the few
+    # samples that switch mixture components
+    "mean_rmse": lambda s: s,
+    # mean log RMSE (the log of the geometric mean): every sample's relative error
+    # counts alike, so the fit serves the typical sample, i.e. the reported median,
+    # instead of the heavy tail (on digits at 8 NFE: held-out median 0.0033 fitted
+    # this way vs 0.0038 fitted to the mean RMSE, the mean RMSE lower too)
+    "log_rmse": _log_rmse,
+}
+
+
+def check_loss(name: str) -> Callable:
+    """The per-sample penalty of the RMSE named ``name`` (a key of :data:`LOSSES`)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def plan_loss(denoiser, plan, x, ref, loss: str = "mean_rmse"):
+    """``mean_i rho(rmse_i)`` of a plan's samples from ``x`` against the teacher's
+    ``ref``, ``rho`` named by ``loss`` (:data:`LOSSES`; default the mean RMSE)."""
+    return jnp.mean(check_loss(loss)(per_sample_rmse(sample(denoiser, plan, x), ref)))
 
 
 def evaluate_plan(denoiser, plan, x, ref, data=None) -> dict:

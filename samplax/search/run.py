@@ -27,8 +27,8 @@ import numpy as np
 
 from samplax.metrics import error_summary
 from samplax.search.dp import dp_timesteps
-from samplax.search.free_plan import tune_plan
-from samplax.search.objective import Teacher
+from samplax.search.free_plan import METHODS, tune_plan
+from samplax.search.objective import Teacher, check_loss
 from samplax.search.population import Evaluator, Params, stack
 from samplax.search.result import (
     SCHEMA,
@@ -54,9 +54,13 @@ class SearchConfig:
     # then a second final phase of this many Adam steps, the learning rate decaying
     # from lr/5 to lr/100 (the search is optimization-limited at 8+ NFE)
     polish_iters: int = 300
-    # last, Adam on every coefficient of the best plan and its network times
-    # (samplax.search.free_plan), the learning rate decaying to 1/100; 0: off
-    plan_iters: int = 400
+    # last, every coefficient of the best plan and its network times fitted
+    # (samplax.search.free_plan): at most this many Levenberg-Marquardt steps on
+    # plan_loss (a name in samplax.search.objective.LOSSES), or with
+    # plan_method="adam" this many Adam steps at plan_lr decaying to 1/100; 0: off
+    plan_iters: int = 40
+    plan_method: str = "lm"
+    plan_loss: str = "log_rmse"
     plan_lr: float = 0.003
     finalists: int = 2
     lr: float = 0.05
@@ -68,6 +72,12 @@ class SearchConfig:
     # > 0: start every candidate's times from the GITS dynamic-programming times on a
     # grid of this many log-SNR intervals (samplax.search.dp); 0: uniform log-SNR
     dp_grid: int = 0
+
+    def __post_init__(self):
+        if self.plan_method not in METHODS:
+            raise ValueError(f"unknown plan_method {self.plan_method!r}; "
+                             f"choose one of {list(METHODS)}")
+        check_loss(self.plan_loss)
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -330,7 +340,8 @@ def search(
         if time_limit is None or time.perf_counter() - t0 <= time_limit:
             tuned, before, after = tune_plan(
                 denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
-                iters=config.plan_iters, lr=config.plan_lr, lr_end=config.plan_lr / 100)
+                iters=config.plan_iters, method=config.plan_method, loss=config.plan_loss,
+                lr=config.plan_lr, lr_end=config.plan_lr / 100)
             tuning = {"structure": best_key, "plan": tuned_plan_to_json(tuned),
                       "loss_before": before, "loss": after}
             state["tuned"] = tuning
@@ -371,7 +382,8 @@ def search(
             "candidates_per_second": evals / max(seconds, 1e-9),
             "structures": {k: v.get("best_loss") for k, v in state["structures"].items()},
             "plan_tuning": None if tuning is None else {
-                "iters": config.plan_iters, "loss_before": tuning["loss_before"],
+                "iters": config.plan_iters, "method": config.plan_method,
+                "loss_name": config.plan_loss, "loss_before": tuning["loss_before"],
                 "loss": tuning["loss"]},
         },
     }
