@@ -226,7 +226,7 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
 
 
 @pytest.mark.parametrize("method, loss", [("lm", "log_rmse"), ("lm", "mean_rmse"),
-                                          ("adam", "mean_rmse")])
+                                          ("lm", "sqrt_rmse"), ("adam", "mean_rmse")])
 def test_tune_plan_improves_a_hand_made_plan(problem, method, loss):
     data, den, teacher = problem
     plan = ddim(S, kl_optimal(S, NFE, t_start=T0, t_end=T1))
