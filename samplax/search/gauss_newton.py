@@ -34,9 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-
-def _rmse(r):
-    return jnp.sqrt(jnp.mean(r**2, axis=-1))
+from samplax.metrics import per_sample_rmse
 
 
 def levenberg_marquardt(
@@ -81,12 +79,12 @@ def levenberg_marquardt(
 
     @jax.jit
     def objective(f):
-        return jnp.mean(rho(_rmse(flat_res(f))))
+        return jnp.mean(rho(per_sample_rmse(flat_res(f), 0.0)))
 
     @jax.jit
     def normal_equations(f):
         r, jvp = jax.linearize(flat_res, f)
-        s = _rmse(r)
+        s = per_sample_rmse(r, 0.0)
         # rho'(s)/s; a sample reproduced exactly has no error to weigh
         w = jnp.sqrt(jnp.where(s > 0, drho(s) / jnp.where(s > 0, s, 1.0), 0.0))
         cols = jax.lax.map(jax.vmap(jvp), basis)  # [chunks, chunk, n, m]
