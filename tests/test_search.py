@@ -24,6 +24,7 @@ from samplax.search import (
 from samplax.search import run as run_module
 from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import tune_plan, tune_result
+from samplax.search.output_fit import fit_output_result
 from samplax.search.population import Params, stack
 from samplax.search.space import theta_from_times
 from samplax.solvers import ddim, ddpm, dpm_solver_pp
@@ -220,7 +221,12 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
     np.testing.assert_allclose(cal(untuned), tuning["loss_before"], rtol=1e-9)
     # this Gaussian problem is solved to ~1e-12, where round-off of the reloaded plan
     # shows in the log
-    np.testing.assert_allclose(cal(plan), tuning["loss"], rtol=1e-5)
+    # then the output fit, from the tuned plan (kept only if it lowered the loss)
+    fit = result["search"]["output_fit"]
+    np.testing.assert_allclose(fit["loss_before"], tuning["loss"], rtol=1e-5)
+    assert fit["loss"] <= fit["loss_before"]
+    np.testing.assert_allclose(cal(plan), fit["loss"], rtol=1e-5)
+    assert (np.ndim(result["tuned_plan"]["final"]["x"]) == 1) == fit["applied"]
     # resizing starts from the description: the tuned arrays belong to this budget
     assert "tuned_plan" not in resize_result(load_result(path), NFE + 1, S)
 
@@ -300,3 +306,23 @@ def test_bad_tuned_plans_are_rejected(result, tmp_path):
         bad.write_text(json.dumps(dict(result, tuned_plan=broken)))
         with pytest.raises(ResultError, match=match):
             load_plan(bad, S)
+
+
+def test_fit_output_result_adds_the_output_fit_to_a_saved_result(problem, result, tmp_path):
+    """A result saved before the output fit gets it afterwards
+    (``fit_output_result``), its held-out objective re-measured and reproduced by
+    the reloaded file."""
+    data, den, teacher = problem
+    path = tmp_path / "r.json"
+    atomic_write_json(path, dict(result, tuned_plan=None))
+    saved = load_result(path)
+    fitted = fit_output_result(saved, den, S, teacher, loss="mean_rmse")
+    rec = fitted["search"]["output_fit"]
+    assert rec["applied"] and rec["loss"] < rec["loss_before"]
+    run = jax.jit(lambda p, x: sample(den, p, x))
+    untuned = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
+    assert fitted["objective"]["heldout"]["median_rmse"] < untuned["median_rmse"]
+    fitted.pop("_steps")
+    atomic_write_json(path, fitted)
+    again = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
+    assert again == fitted["objective"]["heldout"]

@@ -27,7 +27,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplax.metrics import error_summary
 from samplax.search.gauss_newton import levenberg_marquardt
 from samplax.search.objective import check_loss, plan_loss
 from samplax.search.population import make_refiner, run_refiner, stack
@@ -116,28 +115,27 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
 
 
 def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, method: str = "lm",
-                loss: str = "log_rmse", lr: float | None = None, data=None) -> dict:
+                loss: str = "log_rmse", lr: float | None = None, data=None,
+                output_fit: bool = False) -> dict:
     """A loaded search result with the free-plan phase (re)done from its searched,
     untuned plan: for results saved before the phase existed or changed, or with
-    ``plan_iters=0``. Exactly what :func:`search` does last, with the objective
-    re-measured on the same calibration and held-out noises.
+    ``plan_iters=0``. Exactly what :func:`search` does last (with ``output_fit``, the
+    output fit after it: :func:`samplax.search.output_fit.fit_output_result`), with
+    the objective re-measured on the same calibration and held-out noises.
     """
-    from samplax.search.result import plan_from_result, tuned_plan_to_json
+    from samplax.search.output_fit import fit_output_result
+    from samplax.search.result import plan_from_result, with_measured_plan
 
     plan = plan_from_result(dict(result, tuned_plan=None), schedule)
     tuned, before, after = tune_plan(denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
                                      iters=iters, method=method, loss=loss, lr=lr,
                                      lr_end=None if lr is None else lr / 100)
-    run = jax.jit(lambda p, x: sample(denoiser, p, x))
-    out = dict(result, tuned_plan=tuned_plan_to_json(tuned))
-    out["objective"] = dict(result["objective"],
-                            heldout=error_summary(run(tuned, teacher.x_eval), teacher.ref_eval,
-                                                  data),
-                            calibration=error_summary(run(tuned, teacher.x_cal),
-                                                      teacher.ref_cal, data))
-    out["search"] = dict(result["search"], plan_tuning={
+    out = with_measured_plan(result, tuned, denoiser, teacher, data)
+    out["search"] = dict(result["search"], output_fit=None, plan_tuning={
         "iters": iters, "method": method, "loss_name": loss, "loss_before": before,
         "loss": after})
+    if output_fit:
+        out = fit_output_result(out, denoiser, schedule, teacher, loss=loss, data=data)
     return out
 
 

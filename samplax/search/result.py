@@ -89,39 +89,75 @@ _TUNED = ("evaluate", "update", "final")
 
 
 def tuned_plan_to_json(plan) -> dict:
-    """The arrays free-plan tuning changes (:mod:`samplax.search.free_plan`)."""
+    """The arrays free-plan tuning changes (:mod:`samplax.search.free_plan`); the
+    output combination may be per-coordinate with an offset ``c``
+    (:mod:`samplax.search.output_fit`)."""
     out = {"t": np.asarray(plan.t).tolist()}
     for name in _TUNED:
         c = getattr(plan, name)
-        out[name] = {k: np.asarray(getattr(c, k)).tolist() for k in ("x", "d", "e")}
+        fields = ("x", "d", "e") + (("c",) if name == "final" and c.c is not None else ())
+        out[name] = {k: np.asarray(getattr(c, k)).tolist() for k in fields}
     return out
 
 
 def with_tuned_plan(plan, tuned: dict):
     """``plan`` (built from the result's description) with its tuned arrays; they
-    must have exactly the description's shapes and be finite."""
-    def array(value, like, where):
+    must have exactly the description's shapes, except that the output combination
+    may carry trailing per-coordinate axes ``F`` (``x: F``, ``d: [Hd, *F]``,
+    ``e: [He, *F]``, optional offset ``c: F``), and be finite."""
+    def array(value, like_shape, where, dtype, feature=False):
         try:
             a = np.asarray(value, dtype=float)
         except (TypeError, ValueError):
             raise ResultError(f"tuned_plan.{where}: not an array of numbers") from None
-        if a.shape != np.shape(like):
+        lead = tuple(like_shape)
+        if a.shape[:len(lead)] != lead or (a.ndim != len(lead) and not feature):
             raise ResultError(f"tuned_plan.{where}: shape {a.shape} does not match the "
-                              f"described plan's {np.shape(like)}")
+                              f"described plan's {lead}")
         if not np.all(np.isfinite(a)):
             raise ResultError(f"tuned_plan.{where}: non-finite values")
-        return jnp.asarray(a, jnp.result_type(like))
+        return jnp.asarray(a, dtype)
 
     if not isinstance(tuned, dict) or set(tuned) != {"t", *_TUNED}:
         raise ResultError("tuned_plan must have the fields t, evaluate, update, final")
-    out = {"t": array(tuned["t"], plan.t, "t")}
+    out = {"t": array(tuned["t"], np.shape(plan.t), "t", jnp.result_type(plan.t))}
     for name in _TUNED:
         c, d = getattr(plan, name), tuned[name]
-        if not isinstance(d, dict) or set(d) != {"x", "d", "e"}:
-            raise ResultError(f"tuned_plan.{name} must have the fields x, d, e")
-        out[name] = c._replace(**{k: array(d[k], getattr(c, k), f"{name}.{k}")
-                                  for k in ("x", "d", "e")})
+        final = name == "final"
+        allowed = ({"x", "d", "e"}, {"x", "d", "e", "c"}) if final else ({"x", "d", "e"},)
+        if not isinstance(d, dict) or set(d) not in allowed:
+            raise ResultError(f"tuned_plan.{name} must have the fields x, d, e"
+                              + (" (and optionally c)" if final else ""))
+        arrays = {k: array(d[k], np.shape(getattr(c, k)), f"{name}.{k}",
+                           jnp.result_type(getattr(c, k)), feature=final)
+                  for k in ("x", "d", "e")}
+        if final:
+            feat = arrays["x"].shape
+            if "c" in d:
+                arrays["c"] = array(d["c"], (), "final.c", jnp.result_type(c.x), feature=True)
+            want = {"d": np.shape(c.d) + feat, "e": np.shape(c.e) + feat, "c": feat}
+            for k, a in list(arrays.items()):
+                if k in want and a.size == 0 and 0 in want[k]:
+                    a = arrays[k] = a.reshape(want[k])  # JSON keeps no shape of []
+                if k in want and a.shape != want[k]:
+                    raise ResultError(f"tuned_plan.final.{k}: shape {a.shape}, expected "
+                                      f"{want[k]} (per-coordinate shape {feat} of final.x)")
+        out[name] = c._replace(**arrays)
     return plan._replace(**out)
+
+
+def with_measured_plan(obj: dict, plan, denoiser, teacher, data=None) -> dict:
+    """``obj`` with ``plan`` as its tuned plan and its objective re-measured on the
+    teacher's calibration and held-out noises (the ones it was searched with)."""
+    from samplax.search.objective import evaluate_plan
+
+    out = dict(obj, tuned_plan=tuned_plan_to_json(plan))
+    out["objective"] = dict(obj["objective"],
+                            heldout=evaluate_plan(denoiser, plan, teacher.x_eval,
+                                                  teacher.ref_eval, data),
+                            calibration=evaluate_plan(denoiser, plan, teacher.x_cal,
+                                                      teacher.ref_cal, data))
+    return out
 
 
 def resize_result(obj: dict, nfe: int, schedule) -> dict:

@@ -5,8 +5,10 @@ first step), a population of per-step choices (USF decision space) is
 evaluated in one ``vmap``; the elites' times, free coefficients and network-time
 offsets are refined with Adam through the sampler; mutations of the elites
 (keeping their refined parameters) form the next generation; the best few get a
-long final refinement; last, every coefficient of the best plan and its network
-times are tuned freely (:mod:`samplax.search.free_plan`), the NFE unchanged.
+long final refinement; then every coefficient of the best plan and its network
+times are tuned freely (:mod:`samplax.search.free_plan`), the NFE unchanged; last,
+its output combination is fitted per coordinate in closed form
+(:mod:`samplax.search.output_fit`).
 Selection uses calibration noises only; the reported
 figures are on held-out noises. Every finished generation is written to a
 checkpoint, so an interrupted search resumes where it stopped and, with the same
@@ -29,6 +31,7 @@ from samplax.metrics import error_summary
 from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import METHODS, tune_plan
 from samplax.search.objective import Teacher, check_loss
+from samplax.search.output_fit import fit_output
 from samplax.search.population import Evaluator, Params, stack
 from samplax.search.result import (
     SCHEMA,
@@ -62,6 +65,10 @@ class SearchConfig:
     plan_method: str = "lm"
     plan_loss: str = "log_rmse"
     plan_lr: float = 0.003
+    # then the output combination fitted per coordinate, with an offset, in closed
+    # form (samplax.search.output_fit), kept only if a cross-check within the
+    # calibration noises prefers it
+    output_fit: bool = True
     finalists: int = 2
     lr: float = 0.05
     afs: tuple = (False, True)
@@ -336,21 +343,32 @@ def search(
     plan = usf(schedule, ts, steps, afs=afs, coefficients=coefs,
                model_times=model_times if config.model_times else None)
     tuning = state.get("tuned")
-    if config.plan_iters and (tuning is None or tuning["structure"] != best_key):
-        if time_limit is None or time.perf_counter() - t0 <= time_limit:
-            tuned, before, after = tune_plan(
-                denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
-                iters=config.plan_iters, method=config.plan_method, loss=config.plan_loss,
-                lr=config.plan_lr, lr_end=config.plan_lr / 100)
-            tuning = {"structure": best_key, "plan": tuned_plan_to_json(tuned),
-                      "loss_before": before, "loss": after}
-            state["tuned"] = tuning
-            state["refine_steps"] += config.plan_iters
-            save()
-    if config.plan_iters and tuning is not None and tuning["structure"] == best_key:
-        plan = with_tuned_plan(plan, tuning["plan"])
-    else:
+    if tuning is not None and tuning["structure"] != best_key:
         tuning = None
+    in_time = lambda: time_limit is None or time.perf_counter() - t0 <= time_limit  # noqa: E731
+    if config.plan_iters and tuning is None and in_time():
+        tuned, before, after = tune_plan(
+            denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
+            iters=config.plan_iters, method=config.plan_method, loss=config.plan_loss,
+            lr=config.plan_lr, lr_end=config.plan_lr / 100)
+        tuning = {"structure": best_key, "plan": tuned_plan_to_json(tuned),
+                  "loss_before": before, "loss": after}
+        state["tuned"] = tuning
+        state["refine_steps"] += config.plan_iters
+        save()
+    # the output fit follows the free-plan fit (or, with plan_iters=0, the plan)
+    fitted_plan = tuning is not None and "loss" in tuning
+    if (config.output_fit and (fitted_plan or not config.plan_iters)
+            and "output_fit" not in (tuning or {}) and in_time()):
+        base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
+        fitted, before, after, applied = fit_output(
+            denoiser, base, teacher.x_cal, teacher.ref_cal, loss=config.plan_loss)
+        tuning = dict(tuning or {"structure": best_key}, plan=tuned_plan_to_json(fitted),
+                      output_fit={"applied": applied, "loss_before": before, "loss": after})
+        state["tuned"] = tuning
+        save()
+    if tuning is not None:
+        plan = with_tuned_plan(plan, tuning["plan"])
     assert plan.nfe == nfe, (plan.nfe, nfe)
     run = jax.jit(lambda pl, x: sample(denoiser, pl, x))
     held = error_summary(run(plan, teacher.x_eval), teacher.ref_eval, data)
@@ -381,10 +399,11 @@ def search(
             "refinement_steps": state["refine_steps"],
             "candidates_per_second": evals / max(seconds, 1e-9),
             "structures": {k: v.get("best_loss") for k, v in state["structures"].items()},
-            "plan_tuning": None if tuning is None else {
+            "plan_tuning": None if tuning is None or "loss" not in tuning else {
                 "iters": config.plan_iters, "method": config.plan_method,
                 "loss_name": config.plan_loss, "loss_before": tuning["loss_before"],
                 "loss": tuning["loss"]},
+            "output_fit": None if tuning is None else tuning.get("output_fit"),
         },
     }
 

@@ -121,6 +121,16 @@ def _segments(denoiser, K: int) -> list[tuple[Denoiser, int, int]]:
     return list(zip(denoiser.denoisers, starts, ends))
 
 
+def _check_coordinates(plan: Plan, shape) -> None:
+    """Per-coordinate coefficients must match the trailing axes of the samples, or
+    they would broadcast into a wrong sample."""
+    for name, lead in (("evaluate", 1), ("update", 1), ("final", 0)):
+        feat = tuple(jnp.shape(getattr(plan, name).x)[lead:])
+        if feat and (len(feat) > len(shape) or tuple(shape[len(shape) - len(feat):]) != feat):
+            raise ValueError(f"the plan's {name} coefficients are per-coordinate for samples "
+                             f"of shape {feat}; x_T has shape {tuple(shape)}")
+
+
 def sample(
     denoiser: Denoiser | Segments,
     plan: Plan,
@@ -169,6 +179,7 @@ def sample(
         raise ValueError("this plan is stochastic: pass a PRNG key, e.g. jax.random.key(0)")
     if hook is not None and key is None:
         raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
+    _check_coordinates(plan, x_T.shape)
     dtype = x_T.dtype
     if noise is not None and plan.stochastic and plan.noise_span is None:
         raise ValueError(
