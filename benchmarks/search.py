@@ -44,6 +44,7 @@ from samplax.search import (  # noqa: E402
     search,
 )
 from samplax.search.free_plan import tune_result  # noqa: E402
+from samplax.search.output_fit import fit_output_result  # noqa: E402
 from samplax.search.result import plan_from_result  # noqa: E402
 from samplax.solvers._common import reaches_zero_noise  # noqa: E402
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp  # noqa: E402
@@ -74,7 +75,8 @@ def main():
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--reuse", action="store_true", help="load saved results, do not search")
     ap.add_argument("--retune", action="store_true",
-                    help="with --reuse: redo the last (free-plan) phase with SearchConfig()")
+                    help="with --reuse: redo the last phases (free-plan fit, output fit) "
+                         "with SearchConfig()")
     ap.add_argument("--transfer", action="store_true", help="also report NFE -/+ 1 transfer")
     args = ap.parse_args()
     p = load_problem(args.model)
@@ -103,25 +105,33 @@ def main():
             res = load_result(path)
             secs = res["search"]["seconds"]
             cfg = SearchConfig()
-            if cfg.plan_iters and (res.get("tuned_plan") is None or args.retune):
-                # saved before the free-plan phase existed (or changed): (re)do that
-                # phase from the searched plan, which is what SearchConfig() now runs
-                # after the same search
+            retune = cfg.plan_iters and (res.get("tuned_plan") is None or args.retune)
+            refit = cfg.output_fit and not res["search"].get("output_fit")
+            if retune or refit:
+                # saved before the free-plan phase or the output fit existed (or
+                # changed): redo what SearchConfig() now runs after the same search
                 t0 = time.perf_counter()
-                prev = res["search"].get("plan_tuning") or {}
-                old, old_iters = prev.get("seconds", 0.0), prev.get("iters", 0)
-                res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
-                                  method=cfg.plan_method, loss=cfg.plan_loss, lr=cfg.plan_lr,
-                                  data=data)
-                tune_s = time.perf_counter() - t0
-                res["search"]["plan_tuning"]["seconds"] = tune_s
-                secs += tune_s - old
                 srch = res["search"]
+                prev = srch.get("plan_tuning") or {}
+                old, old_iters = prev.get("seconds", 0.0), prev.get("iters", 0)
+                if retune:
+                    res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
+                                      method=cfg.plan_method, loss=cfg.plan_loss,
+                                      lr=cfg.plan_lr, data=data, output_fit=cfg.output_fit)
+                    srch = res["search"]
+                    srch["refinement_steps"] += cfg.plan_iters - old_iters
+                else:
+                    res = fit_output_result(res, p.denoiser, p.schedule, teacher,
+                                            loss=cfg.plan_loss, data=data)
+                    srch = res["search"]
+                    old = 0.0
+                tune_s = time.perf_counter() - t0
+                (srch["plan_tuning"] if retune else srch["output_fit"])["seconds"] = tune_s
+                secs += tune_s - old
                 srch["seconds"] = secs
-                srch["refinement_steps"] += cfg.plan_iters - old_iters
                 srch["candidates_per_second"] = (
                     srch["population_evaluations"] + srch["refinement_steps"]) / secs
-                res["search"]["config"] = dataclasses.asdict(cfg)
+                srch["config"] = dataclasses.asdict(cfg)
                 res.pop("_steps")
                 atomic_write_json(path, res)
                 res = load_result(path)
