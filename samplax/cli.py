@@ -39,11 +39,11 @@ def load_problem(spec: str):
     return builtin(spec)
 
 
-def _teacher(problem, n_cal, n_eval, seed):
+def _teacher(problem, n_cal, n_eval, seed, n_fit=0):
     from samplax.search import make_teacher
 
     return make_teacher(problem.denoiser, problem.schedule, problem.x_T, problem.t_start,
-                        problem.t_end, n_cal=n_cal, n_eval=n_eval, seed=seed)
+                        problem.t_end, n_cal=n_cal, n_eval=n_eval, n_fit=n_fit, seed=seed)
 
 
 def _component_data(problem):
@@ -60,14 +60,20 @@ def cmd_search(args):
                               population=args.population, **_config_overrides(args.set))
     except ValueError as err:  # a value SearchConfig itself refuses
         raise SystemExit(f"--set: {err}") from None
+    for name in ("n_cal", "n_eval", "n_fit"):
+        if getattr(args, name) < (0 if name == "n_fit" else 1):
+            raise SystemExit(f"--{name.replace('_', '-')} must be "
+                             f"{'>= 0' if name == 'n_fit' else '>= 1'}")
     problem = load_problem(args.model)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
     if ckpt.exists() and not args.resume:
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
     t0 = time.perf_counter()
-    print(f"teacher: {args.n_cal} calibration + {args.n_eval} held-out noises", flush=True)
-    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed)
+    n_fit = args.n_fit if config.coordinate_iters else 0
+    print(f"teacher: {args.n_cal} calibration + {n_fit} fitting + {args.n_eval} held-out "
+          "noises", flush=True)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit)
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
                                    t_start=problem.t_start, t_end=problem.t_end, data=data)
@@ -254,6 +260,8 @@ def main(argv=None):
     s.add_argument("--resume", action="store_true")
     s.add_argument("--time-limit", type=float, default=None, help="seconds")
     s.add_argument("--n-cal", type=int, default=256)
+    s.add_argument("--n-fit", type=int, default=2048,
+                   help="extra calibration noises for the per-coordinate fit (0: skip it)")
     s.add_argument("--n-eval", type=int, default=1024)
     s.add_argument("--generations", type=int, default=6)
     s.add_argument("--population", type=int, default=48)

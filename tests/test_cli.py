@@ -14,6 +14,7 @@ from samplax.cli import main
 
 # small enough for a test: one structure per generation count, few calibration noises
 SMALL = ["--model", "gauss64", "--nfe", "3", "--n-cal", "16", "--n-eval", "32",
+         "--n-fit", "48", "--set", "coordinate_iters=10",
          "--population", "6", "--quiet", "--set", "refine_iters=5", "--set", "final_iters=20",
          "--set", "polish_iters=0", "--set", "plan_iters=10", "--set", "afs=[true]",
          "--set", "finalists=1", "--set", "elites=1"]
@@ -64,6 +65,8 @@ def test_search_writes_a_result_of_the_budget(searched, capsys):
     res = json.loads(searched.read_text())
     assert res["nfe"] == 3 and res["model"] == "gauss64"
     assert res["objective"]["heldout"]["median_rmse"] < res["baselines"]["best"]["median_rmse"]
+    # the per-coordinate fit ran last, on the calibration and fitting noises
+    assert res["search"]["coordinate_fit"]["n_noises"] == 16 + 48
     # a second run refuses to overwrite the checkpoint it left beside the result
     assert searched.with_suffix(".ckpt.json").exists()
     with pytest.raises(SystemExit, match="--resume"):
@@ -99,6 +102,10 @@ def test_bad_config_overrides_are_refused(tmp_path):
                        ("plan_loss=3", "takes a str")]:
         with pytest.raises(SystemExit, match=match):
             main(base + ["--set", bad])
+    for flag, match in [("--n-fit=-1", "--n-fit must be >= 0"),
+                        ("--n-cal=0", "--n-cal must be >= 1")]:
+        with pytest.raises(SystemExit, match=match):
+            main(base + [flag])
 
 
 def test_comparison_table_without_mixture_components(capsys):

@@ -227,6 +227,9 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
     assert fit["loss"] <= fit["loss_before"]
     np.testing.assert_allclose(cal(plan), fit["loss"], rtol=1e-5)
     assert (np.ndim(result["tuned_plan"]["final"]["x"]) == 1) == fit["applied"]
+    # this teacher has no fitting noises: no per-coordinate fit of the slots
+    assert result["search"]["coordinate_fit"] is None
+    assert np.ndim(result["tuned_plan"]["update"]["x"]) == 1
     # resizing starts from the description: the tuned arrays belong to this budget
     assert "tuned_plan" not in resize_result(load_result(path), NFE + 1, S)
 

@@ -25,14 +25,20 @@ class Teacher(NamedTuple):
     ref_cal: jax.Array
     x_eval: jax.Array
     ref_eval: jax.Array
+    # optional extra calibration noises, only for the per-coordinate fit
+    # (samplax.search.coordinate_fit), which has too many unknowns for x_cal alone
+    x_fit: jax.Array | None = None
+    ref_fit: jax.Array | None = None
 
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
-                 seed=0, solve=None, batch=512) -> Teacher:
+                 n_fit=0, seed=0, solve=None, batch=512) -> Teacher:
     """Draw disjoint calibration/evaluation noises and solve the PF-ODE for each.
 
     ``x_T(key, n)`` draws initial states; ``solve(x) -> x_end`` defaults to the
-    diffrax float64 reference from ``t_start`` to ``t_end``.
+    diffrax float64 reference from ``t_start`` to ``t_end``. ``n_fit > 0`` adds that
+    many more calibration noises (``x_fit``, from a third key, so the others do not
+    change) for the per-coordinate fit.
     """
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
     if solve is None:
@@ -46,7 +52,12 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
         return jnp.concatenate([solve(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
 
     x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
-    return Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
+    if n_fit < 0:
+        raise ValueError(f"n_fit must be >= 0, got {n_fit}")
+    if not n_fit:
+        return Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
+    x_fit = x_T(jax.random.split(jax.random.key(seed), 3)[2], n_fit)
+    return Teacher(x_cal, run(x_cal), x_eval, run(x_eval), x_fit, run(x_fit))
 
 
 def _log_rmse(s):

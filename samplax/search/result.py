@@ -102,25 +102,30 @@ def tuned_plan_to_json(plan) -> dict:
 
 def with_tuned_plan(plan, tuned: dict):
     """``plan`` (built from the result's description) with its tuned arrays; they
-    must have exactly the description's shapes, except that the output combination
-    may carry trailing per-coordinate axes ``F`` (``x: F``, ``d: [Hd, *F]``,
-    ``e: [He, *F]``, optional offset ``c: F``), and be finite."""
-    def array(value, like_shape, where, dtype, feature=False):
+    must have exactly the description's shapes, except that each combination may
+    carry trailing per-coordinate axes ``F``, the same for all
+    (:mod:`samplax.search.output_fit`, :mod:`samplax.search.coordinate_fit`: ``x:
+    [K, *F]``, ``d: [K, Hd, *F]``, ``e: [K, He, *F]``, the output without ``K``, with
+    an optional offset ``c: F``), and be finite."""
+    def array(value, lead, where, dtype):
         try:
             a = np.asarray(value, dtype=float)
         except (TypeError, ValueError):
             raise ResultError(f"tuned_plan.{where}: not an array of numbers") from None
-        lead = tuple(like_shape)
-        if a.shape[:len(lead)] != lead or (a.ndim != len(lead) and not feature):
+        lead = tuple(lead)
+        if a.shape[:len(lead)] != lead:
             raise ResultError(f"tuned_plan.{where}: shape {a.shape} does not match the "
                               f"described plan's {lead}")
         if not np.all(np.isfinite(a)):
             raise ResultError(f"tuned_plan.{where}: non-finite values")
-        return jnp.asarray(a, dtype)
+        return a, jnp.result_type(dtype)
 
     if not isinstance(tuned, dict) or set(tuned) != {"t", *_TUNED}:
         raise ResultError("tuned_plan must have the fields t, evaluate, update, final")
-    out = {"t": array(tuned["t"], np.shape(plan.t), "t", jnp.result_type(plan.t))}
+    t, dt = array(tuned["t"], np.shape(plan.t), "t", plan.t)
+    if t.shape != np.shape(plan.t):
+        raise ResultError(f"tuned_plan.t: shape {t.shape}, expected {np.shape(plan.t)}")
+    out, feat = {"t": jnp.asarray(t, dt)}, None
     for name in _TUNED:
         c, d = getattr(plan, name), tuned[name]
         final = name == "final"
@@ -128,20 +133,26 @@ def with_tuned_plan(plan, tuned: dict):
         if not isinstance(d, dict) or set(d) not in allowed:
             raise ResultError(f"tuned_plan.{name} must have the fields x, d, e"
                               + (" (and optionally c)" if final else ""))
-        arrays = {k: array(d[k], np.shape(getattr(c, k)), f"{name}.{k}",
-                           jnp.result_type(getattr(c, k)), feature=final)
-                  for k in ("x", "d", "e")}
-        if final:
-            feat = arrays["x"].shape
-            if "c" in d:
-                arrays["c"] = array(d["c"], (), "final.c", jnp.result_type(c.x), feature=True)
-            want = {"d": np.shape(c.d) + feat, "e": np.shape(c.e) + feat, "c": feat}
-            for k, a in list(arrays.items()):
-                if k in want and a.size == 0 and 0 in want[k]:
-                    a = arrays[k] = a.reshape(want[k])  # JSON keeps no shape of []
-                if k in want and a.shape != want[k]:
-                    raise ResultError(f"tuned_plan.final.{k}: shape {a.shape}, expected "
-                                      f"{want[k]} (per-coordinate shape {feat} of final.x)")
+        x, dx = array(d["x"], np.shape(c.x), f"{name}.x", c.x)
+        here = x.shape[np.ndim(c.x):]
+        if here and feat is None:
+            feat = here
+        elif here and here != feat:
+            raise ResultError(f"tuned_plan.{name}.x: per-coordinate shape {here}, but "
+                              f"another combination's is {feat}")
+        arrays = {"x": jnp.asarray(x, dx)}
+        want = {"d": np.shape(c.d) + here, "e": np.shape(c.e) + here}
+        if "c" in d:
+            want["c"] = here
+        for k in want:
+            like = c.x if k == "c" else getattr(c, k)
+            a, dk = array(d[k], (), f"{name}.{k}", like)
+            if a.size == 0 and 0 in want[k]:
+                a = a.reshape(want[k])  # JSON keeps no shape of []
+            if a.shape != want[k]:
+                raise ResultError(f"tuned_plan.{name}.{k}: shape {a.shape}, expected "
+                                  f"{want[k]} (per-coordinate shape {here} of {name}.x)")
+            arrays[k] = jnp.asarray(a, dk)
         out[name] = c._replace(**arrays)
     return plan._replace(**out)
 

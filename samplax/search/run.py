@@ -8,7 +8,9 @@ offsets are refined with Adam through the sampler; mutations of the elites
 long final refinement; then every coefficient of the best plan and its network
 times are tuned freely (:mod:`samplax.search.free_plan`), the NFE unchanged; last,
 its output combination is fitted per coordinate in closed form
-(:mod:`samplax.search.output_fit`).
+(:mod:`samplax.search.output_fit`), and, when the teacher has extra fitting noises
+(``make_teacher(n_fit=...)``), every slot's coefficients per coordinate by Adam
+(:mod:`samplax.search.coordinate_fit`).
 Selection uses calibration noises only; the reported
 figures are on held-out noises. Every finished generation is written to a
 checkpoint, so an interrupted search resumes where it stopped and, with the same
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.metrics import error_summary
+from samplax.search.coordinate_fit import fit_coordinates, fitting_noises
 from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import METHODS, tune_plan
 from samplax.search.objective import Teacher, check_loss
@@ -69,6 +72,12 @@ class SearchConfig:
     # form (samplax.search.output_fit), kept only if a cross-check within the
     # calibration noises prefers it
     output_fit: bool = True
+    # last, when the teacher has extra fitting noises (make_teacher(n_fit=...); the
+    # CLI draws 2048), every slot's coefficients per coordinate: this many Adam steps
+    # peaking at coordinate_lr (samplax.search.coordinate_fit), the iterate chosen on
+    # a quarter of the noises kept out of the fit; 0: off
+    coordinate_iters: int = 400
+    coordinate_lr: float = 3e-4
     finalists: int = 2
     lr: float = 0.05
     afs: tuple = (False, True)
@@ -209,7 +218,8 @@ def search(
     afs_options = [a for a in config.afs if nfe + int(a) >= 2 or not a]
     t0 = time.perf_counter()
     ident = {"nfe": nfe, "config": config.key(), "model": model_name,
-             "n_cal": int(teacher.x_cal.shape[0])}
+             "n_cal": int(teacher.x_cal.shape[0]),
+             "n_fit": 0 if teacher.x_fit is None else int(teacher.x_fit.shape[0])}
     state = None
     if checkpoint is not None and resume and Path(checkpoint).exists():
         with open(checkpoint) as f:
@@ -367,6 +377,23 @@ def search(
                       output_fit={"applied": applied, "loss_before": before, "loss": after})
         state["tuned"] = tuning
         save()
+    # the per-coordinate fit follows both (or whichever of them is switched on)
+    ready = ((fitted_plan or not config.plan_iters)
+             and (not config.output_fit or "output_fit" in (tuning or {})))
+    if (config.coordinate_iters and teacher.x_fit is not None and ready
+            and "coordinate_fit" not in (tuning or {}) and in_time()):
+        base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
+        x_fit, ref_fit = fitting_noises(teacher)
+        fitted, before, after, applied = fit_coordinates(
+            denoiser, base, x_fit, ref_fit, iters=config.coordinate_iters,
+            lr=config.coordinate_lr, loss=config.plan_loss)
+        tuning = dict(tuning or {"structure": best_key}, plan=tuned_plan_to_json(fitted),
+                      coordinate_fit={"applied": applied, "iters": config.coordinate_iters,
+                                      "n_noises": int(x_fit.shape[0]),
+                                      "loss_before": before, "loss": after})
+        state["tuned"] = tuning
+        state["refine_steps"] += config.coordinate_iters
+        save()
     if tuning is not None:
         plan = with_tuned_plan(plan, tuning["plan"])
     assert plan.nfe == nfe, (plan.nfe, nfe)
@@ -404,6 +431,7 @@ def search(
                 "loss_name": config.plan_loss, "loss_before": tuning["loss_before"],
                 "loss": tuning["loss"]},
             "output_fit": None if tuning is None else tuning.get("output_fit"),
+            "coordinate_fit": None if tuning is None else tuning.get("coordinate_fit"),
         },
     }
 
