@@ -43,6 +43,7 @@ from samplax.search import (  # noqa: E402
     resize_result,
     search,
 )
+from samplax.search.coordinate_fit import fit_coordinates_result  # noqa: E402
 from samplax.search.free_plan import tune_result  # noqa: E402
 from samplax.search.output_fit import fit_output_result  # noqa: E402
 from samplax.search.result import plan_from_result  # noqa: E402
@@ -72,6 +73,8 @@ def main():
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
     ap.add_argument("--n-cal", type=int, default=256)
     ap.add_argument("--n-eval", type=int, default=512)
+    ap.add_argument("--n-fit", type=int, default=2048,
+                    help="extra calibration noises for the per-coordinate fit")
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--reuse", action="store_true", help="load saved results, do not search")
     ap.add_argument("--retune", action="store_true",
@@ -82,7 +85,7 @@ def main():
     p = load_problem(args.model)
     data = p.data if hasattr(p.data, "component") else None
     teacher = make_teacher(p.denoiser, p.schedule, p.x_T, p.t_start, p.t_end,
-                           n_cal=args.n_cal, n_eval=args.n_eval)
+                           n_cal=args.n_cal, n_eval=args.n_eval, n_fit=args.n_fit)
     kw = dict(t_start=p.t_start, t_end=p.t_end, data=data)
     run = jax.jit(lambda plan, x: sample(p.denoiser, plan, x))
     fd = None
@@ -106,28 +109,45 @@ def main():
             secs = res["search"]["seconds"]
             cfg = SearchConfig()
             retune = cfg.plan_iters and (res.get("tuned_plan") is None or args.retune)
-            refit = cfg.output_fit and not res["search"].get("output_fit")
-            if retune or refit:
-                # saved before the free-plan phase or the output fit existed (or
-                # changed): redo what SearchConfig() now runs after the same search
-                t0 = time.perf_counter()
+            refit = cfg.output_fit and (retune or not res["search"].get("output_fit"))
+            recoord = cfg.coordinate_iters and (retune or refit or not res["search"].get(
+                "coordinate_fit"))
+            if retune or refit or recoord:
+                # saved before a last phase existed (or changed): redo, from the same
+                # searched plan, the phases SearchConfig() now runs after the search,
+                # each timed on its own; a phase redone replaces its old seconds
                 srch = res["search"]
-                prev = srch.get("plan_tuning") or {}
-                old, old_iters = prev.get("seconds", 0.0), prev.get("iters", 0)
+                secs -= sum((srch.get(k) or {}).get("seconds", 0.0) for k, redo in (
+                    ("plan_tuning", retune), ("output_fit", refit),
+                    ("coordinate_fit", recoord)) if redo)
+                old_iters = (srch.get("plan_tuning") or {}).get("iters", 0) if retune else 0
+                old_iters += ((srch.get("coordinate_fit") or {}).get("iters", 0)
+                              if recoord else 0)
+                timed = {}
+                t0 = time.perf_counter()
                 if retune:
                     res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
                                       method=cfg.plan_method, loss=cfg.plan_loss,
                                       lr=cfg.plan_lr, data=data, output_fit=cfg.output_fit)
-                    srch = res["search"]
-                    srch["refinement_steps"] += cfg.plan_iters - old_iters
-                else:
+                    timed["plan_tuning"] = time.perf_counter() - t0
+                elif refit:
                     res = fit_output_result(res, p.denoiser, p.schedule, teacher,
                                             loss=cfg.plan_loss, data=data)
-                    srch = res["search"]
-                    old = 0.0
-                tune_s = time.perf_counter() - t0
-                (srch["plan_tuning"] if retune else srch["output_fit"])["seconds"] = tune_s
-                secs += tune_s - old
+                    timed["output_fit"] = time.perf_counter() - t0
+                if recoord:
+                    t1 = time.perf_counter()
+                    res = fit_coordinates_result(res, p.denoiser, p.schedule, teacher,
+                                                 iters=cfg.coordinate_iters,
+                                                 lr=cfg.coordinate_lr, loss=cfg.plan_loss,
+                                                 data=data)
+                    timed["coordinate_fit"] = time.perf_counter() - t1
+                srch = res["search"]
+                srch["refinement_steps"] += ((cfg.plan_iters if retune else 0)
+                                             + (cfg.coordinate_iters if recoord else 0)
+                                             - old_iters)
+                for k, v in timed.items():
+                    srch[k]["seconds"] = v
+                secs += sum(timed.values())
                 srch["seconds"] = secs
                 srch["candidates_per_second"] = (
                     srch["population_evaluations"] + srch["refinement_steps"]) / secs
