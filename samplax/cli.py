@@ -39,6 +39,26 @@ def load_problem(spec: str):
     return builtin(spec)
 
 
+def load_metric(spec: str | None):
+    """A search metric by name (:data:`samplax.search.objective.METRICS`), or
+    ``module:function`` giving ``fn(samples, ref) -> scalar``."""
+    from samplax.search.objective import METRICS
+
+    if spec is None or ":" not in spec:
+        if spec is not None and spec not in METRICS:
+            raise SystemExit(f"unknown metric {spec!r}: use one of {sorted(METRICS)} or "
+                             "module:function")
+        return spec
+    mod, _, fn = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"cannot load metric {spec!r}: {e}") from None
+    if not callable(obj):
+        raise SystemExit(f"metric {spec!r} is not a function")
+    return obj
+
+
 def _teacher(problem, n_cal, n_eval, seed, n_fit=0):
     from samplax.search import make_teacher
 
@@ -64,19 +84,22 @@ def cmd_search(args):
         if getattr(args, name) < (0 if name == "n_fit" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} must be "
                              f"{'>= 0' if name == 'n_fit' else '>= 1'}")
+    metric = load_metric(args.metric)
     problem = load_problem(args.model)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
     if ckpt.exists() and not args.resume:
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
     t0 = time.perf_counter()
-    n_fit = args.n_fit if config.coordinate_iters else 0
+    # the per-coordinate fit, the only user of the fitting noises, fits the RMSE
+    n_fit = args.n_fit if config.coordinate_iters and metric in (None, "rmse") else 0
     print(f"teacher: {args.n_cal} calibration + {n_fit} fitting + {args.n_eval} held-out "
           "noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit)
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
-                                   t_start=problem.t_start, t_end=problem.t_end, data=data)
+                                   t_start=problem.t_start, t_end=problem.t_end, data=data,
+                                   metric=metric)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished generation stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -86,7 +109,7 @@ def cmd_search(args):
                         time_limit=None if args.time_limit is None
                         else max(args.time_limit - (time.perf_counter() - t0), 0.0),
                         data=data, baselines=baselines, model_name=args.model,
-                        progress=not args.quiet)
+                        progress=not args.quiet, metric=metric)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished work is in {ckpt}; rerun with --resume", file=sys.stderr)
         return 130
@@ -132,19 +155,29 @@ def _config_overrides(items) -> dict:
 def _print_comparison(result, label="searched"):
     rows = [(k, v) for k, v in result.get("baselines", {}).items() if k != "best"]
     rows.sort(key=lambda kv: kv[1]["median_rmse"])
-    h = result["objective"]["heldout"]
+    h = dict(result["objective"]["heldout"])
+    metric = result["objective"].get("metric") or {}
+    if metric.get("name", "rmse") != "rmse":
+        h["metric"] = metric["heldout"]
     if label:
         rows.insert(0, (label, h))
+    # a metric column if the search minimized one (its baselines then carry it too)
+    met = all("metric" in v for _, v in rows)
+    if met:
+        rows.sort(key=lambda kv: kv[1]["metric"])
     rows = rows[: 9 if label else 8]
     # a wrong-component column only for data with mixture components
     comp = all("wrong_component" in v for _, v in rows)
     print(f"\nNFE {result['nfe']} — held-out per-sample RMSE"
-          + (" (wrong-component share)" if comp else ""))
-    print("| schedule | median RMSE | mean RMSE |" + (" wrong component |" if comp else ""))
-    print("|---|---:|---:|" + ("---:|" if comp else ""))
+          + (" (wrong-component share)" if comp else "")
+          + (f", and the searched metric ({metric['name']})" if met else ""))
+    print("| schedule | median RMSE | mean RMSE |" + (" wrong component |" if comp else "")
+          + (f" {metric['name']} |" if met else ""))
+    print("|---|---:|---:|" + ("---:|" if comp else "") + ("---:|" if met else ""))
     for k, v in rows:
         print(f"| {k} | {v['median_rmse']:.4g} | {v['mean_rmse']:.4g} |"
-              + (f" {v['wrong_component']:.3f} |" if comp else ""))
+              + (f" {v['wrong_component']:.3f} |" if comp else "")
+              + (f" {v['metric']:.4g} |" if met else ""))
     s = result.get("search", {})
     if s:
         print(f"search: {s['seconds']:.0f} s, {s['candidates_per_second']:.1f} candidate "
@@ -266,6 +299,10 @@ def main(argv=None):
     s.add_argument("--generations", type=int, default=6)
     s.add_argument("--population", type=int, default=48)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--metric", default=None,
+                   help="what to minimize: rmse (default, per-sample error against the "
+                        "teacher), energy (energy distance to the teacher's samples) or "
+                        "module:function giving fn(samples, ref) -> scalar")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other SearchConfig field, e.g. --set polish_iters=0 (repeatable)")
     s.add_argument("--quiet", action="store_true")

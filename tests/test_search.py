@@ -227,6 +227,11 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
     assert fit["loss"] <= fit["loss_before"]
     np.testing.assert_allclose(cal(plan), fit["loss"], rtol=1e-5)
     assert (np.ndim(result["tuned_plan"]["final"]["x"]) == 1) == fit["applied"]
+    # the default metric, recorded beside the summaries: the mean per-sample RMSE
+    met = result["objective"]["metric"]
+    assert met["name"] == "rmse"
+    np.testing.assert_allclose(met["heldout"], result["objective"]["heldout"]["mean_rmse"],
+                               rtol=1e-12)
     # this teacher has no fitting noises: no per-coordinate fit of the slots
     assert result["search"]["coordinate_fit"] is None
     assert np.ndim(result["tuned_plan"]["update"]["x"]) == 1

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 
 from samplax.metrics import error_summary, per_sample_rmse
-from samplax.search.objective import Teacher
+from samplax.search.objective import Teacher, resolve_metric
 from samplax.search.space import times_from_theta
 from samplax.solvers._common import reaches_zero_noise
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp
@@ -18,13 +18,17 @@ from samplax.solvers.registry import BASELINE_SOLVERS, STEP_SCHEDULES, get_solve
 
 
 def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_start, t_end,
-                       data=None, solvers=BASELINE_SOLVERS, step_schedules=tuple(STEP_SCHEDULES)):
+                       data=None, solvers=BASELINE_SOLVERS, step_schedules=tuple(STEP_SCHEDULES),
+                       metric=None):
     """Held-out error of every (solver, step schedule) pair that spends exactly ``nfe``.
 
     Returns ``{"solver/schedule": summary}`` plus ``"best"``: the pair with the
     lowest held-out median RMSE (the strongest possible baseline: chosen on the
-    held-out set itself, in the baselines' favour).
+    held-out set itself, in the baselines' favour). With a ``metric`` (a name or a
+    function, :func:`samplax.search.objective.resolve_metric`), each summary also
+    has its held-out value as ``"metric"``, and ``"best"`` is the lowest in it.
     """
+    fn = None if metric is None else resolve_metric(metric)[1]
     run = jax.jit(lambda plan, x: sample(denoiser, plan, x))
     out = {}
     for name in solvers:
@@ -39,11 +43,14 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
                 plan = spec.build(schedule, ts)
             except ValueError:
                 continue
-            res = error_summary(run(plan, teacher.x_eval), teacher.ref_eval, data)
+            samples = run(plan, teacher.x_eval)
+            res = error_summary(samples, teacher.ref_eval, data)
+            if fn is not None:
+                res["metric"] = float(fn(samples, teacher.ref_eval))
             if np.isfinite(res["median_rmse"]):
                 out[f"{name}/{sname}"] = res
     if out:
-        best = min(out, key=lambda k: out[k]["median_rmse"])
+        best = min(out, key=lambda k: out[k]["median_rmse" if fn is None else "metric"])
         out["best"] = {"name": best, **out[best]}
     return out
 

@@ -15,10 +15,11 @@ stay as they are.
 Per coordinate and slot there are ``1 + Hd + He`` unknowns, so the fit needs far
 more calibration noises than the scalar phases: on the digits model at 8 NFE, the 256
 calibration noises alone made the held-out median worse (0.00287 -> 0.00303), 2048
-more took it to 0.00256 (benchmarks/RESULTS.md). The noises are therefore split: the fit sees a part, and the rest decides
-when to stop; if no iterate beats the starting plan there, the plan is returned
-unchanged. The fit is Adam (a linear warm-up, then a half cosine to 1/100) on the
-gradient through the sampler: the unknowns are too many for Gauss-Newton.
+more took it to 0.00256 (benchmarks/RESULTS.md). The noises are therefore split: the
+fit sees a part, and the rest decides when to stop; if no iterate beats the starting
+plan there, the plan is returned unchanged. The fit is Adam (a linear warm-up, then a
+half cosine to 1/100) on the gradient through the sampler: the unknowns are too many
+for Gauss-Newton.
 """
 
 from __future__ import annotations

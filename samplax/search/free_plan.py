@@ -74,7 +74,7 @@ METHODS = ("lm", "adam")
 
 def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str = "lm",
               loss: str = "log_rmse", lr: float | None = None,
-              lr_end: float | None = None) -> tuple[Plan, float, float]:
+              lr_end: float | None = None, metric=None) -> tuple[Plan, float, float]:
     """Fit all of a plan's coefficients and network times to a teacher.
 
     Args:
@@ -86,6 +86,9 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
             (``method="adam"``; then ``lr`` is required and the learning rate decays
             to ``lr_end`` along a half cosine, constant if ``lr_end`` is None).
         loss: the objective, a name in :data:`samplax.search.objective.LOSSES`.
+        metric: instead of ``loss``, ``metric(samples, ref) -> scalar`` (e.g.
+            :func:`samplax.search.objective.energy_distance`); it has no per-sample
+            residuals, so it needs ``method="adam"``.
 
     Returns:
         ``(tuned plan, loss before, loss after)`` in the chosen objective on
@@ -95,6 +98,9 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
         raise ValueError(f"unknown tuning method {method!r}; choose one of {list(METHODS)}")
     rho = check_loss(loss)
     delta = zero_delta(plan)
+    if metric is not None and method == "lm":
+        raise ValueError("a metric has no per-sample residuals for Levenberg-Marquardt; "
+                         "tune it with method='adam'")
     if method == "lm":
         def residuals(d):
             return sample(denoiser, apply_delta(schedule, plan, d), x) - ref
@@ -105,6 +111,8 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
         raise ValueError("method='adam' needs a learning rate lr")
 
     def objective(d, base):
+        if metric is not None:
+            return metric(sample(denoiser, apply_delta(schedule, base, d), x), ref)
         return plan_loss(denoiser, apply_delta(schedule, base, d), x, ref, loss)
 
     before = float(jax.jit(objective)(delta, plan))

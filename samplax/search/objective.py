@@ -1,4 +1,11 @@
-"""Objectives: error against a teacher on calibration noises, reported on held-out ones."""
+"""Objectives: error against a teacher on calibration noises, reported on held-out ones.
+
+A search minimizes a metric of the plan's samples from the calibration noises
+against the teacher's: by default the mean per-sample RMSE (and, in its last phases,
+a robust mean of it, :data:`LOSSES`); or a distribution distance
+(:func:`energy_distance`); or any function of the two batches (:data:`METRICS`,
+:func:`resolve_metric`).
+"""
 
 from __future__ import annotations
 
@@ -92,6 +99,52 @@ def plan_loss(denoiser, plan, x, ref, loss: str = "mean_rmse"):
     """``mean_i rho(rmse_i)`` of a plan's samples from ``x`` against the teacher's
     ``ref``, ``rho`` named by ``loss`` (:data:`LOSSES`; default the mean RMSE)."""
     return jnp.mean(check_loss(loss)(per_sample_rmse(sample(denoiser, plan, x), ref)))
+
+
+def energy_distance(x, y):
+    """Energy distance between the empirical distributions of two samples ``[n, *F]``
+    and ``[m, *F]`` (Székely & Rizzo 2013, "Energy statistics: a class of statistics
+    based on distances", Eq. 2.2 with expectations over the samples, the V-statistic):
+    ``2 E|X - Y| - E|X - X'| - E|Y - Y'|``, in the units of ``x``; it is >= 0 and zero
+    iff the two samples hold the same points. It compares distributions, not samples
+    one by one (reordering ``y`` does not change it), so as a search metric
+    (``search(..., metric="energy")``) it does not ask which teacher sample belongs to
+    which noise. Its gradient is finite where samples coincide (there it takes the
+    zero subgradient of the distance)."""
+    x = jnp.reshape(x, (x.shape[0], -1))
+    y = jnp.reshape(y, (y.shape[0], -1)).astype(x.dtype)
+
+    def mean_dist(a, b):
+        d2 = jnp.sum((a[:, None] - b[None]) ** 2, -1)
+        pos = d2 > 0
+        return jnp.mean(jnp.where(pos, jnp.sqrt(jnp.where(pos, d2, 1.0)), 0.0))  # no sqrt'(0)
+
+    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+
+
+def mean_rmse(x, ref):
+    """The mean per-sample RMSE of ``x`` against ``ref``: the search's default metric."""
+    return jnp.mean(per_sample_rmse(x, ref))
+
+
+# metrics of a batch of samples against the teacher's: lower is better
+METRICS: dict[str, Callable] = {"rmse": mean_rmse, "energy": energy_distance}
+
+
+def resolve_metric(metric) -> tuple[str, Callable]:
+    """``(name, fn)`` for a metric given by name (:data:`METRICS`) or as a function
+    ``fn(samples, ref) -> scalar`` (lower is better; differentiable with JAX for the
+    search's gradient phases; its ``__name__`` names it in results and checkpoints)."""
+    if metric is None:
+        metric = "rmse"
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} "
+                             "or pass a function fn(samples, ref) -> scalar")
+        return metric, METRICS[metric]
+    if not callable(metric):
+        raise TypeError(f"metric must be a name or a function, got {type(metric).__name__}")
+    return getattr(metric, "__name__", type(metric).__name__), metric
 
 
 def evaluate_plan(denoiser, plan, x, ref, data=None) -> dict:

@@ -45,11 +45,14 @@ class Evaluator:
         n_steps, afs: the structure (NFE = ``n_steps - afs``).
         t_start, t_end: fixed ends of the times.
         x, ref: calibration noises and the teacher's final samples.
+        metric: ``metric(samples, ref) -> scalar`` to minimize instead of the mean
+            per-sample RMSE (:func:`samplax.search.objective.resolve_metric`).
         free: which continuous parameters may move in refinement: a subset of
             ``{"theta", "coefficients", "shift"}``.
     """
 
-    def __init__(self, denoiser, schedule, n_steps: int, afs: bool, t_start, t_end, x, ref):
+    def __init__(self, denoiser, schedule, n_steps: int, afs: bool, t_start, t_end, x, ref,
+                 metric=None):
         self.schedule = schedule
         self.n_steps, self.afs = n_steps, afs
         self.t_start, self.t_end = t_start, t_end
@@ -63,6 +66,8 @@ class Evaluator:
 
         def loss(params: Params, choices: Choices):
             out = sample(denoiser, plan(params, choices), x)
+            if metric is not None:
+                return metric(out, ref)
             return jnp.mean(per_sample_rmse(out, ref))
 
         self.plan = plan

@@ -11,8 +11,10 @@ its output combination is fitted per coordinate in closed form
 (:mod:`samplax.search.output_fit`), and, when the teacher has extra fitting noises
 (``make_teacher(n_fit=...)``), every slot's coefficients per coordinate by Adam
 (:mod:`samplax.search.coordinate_fit`).
-Selection uses calibration noises only; the reported
-figures are on held-out noises. Every finished generation is written to a
+Selection uses calibration noises only, by the mean per-sample RMSE against the
+teacher or another metric (``search(..., metric=)``: the energy distance, or any
+function of the samples and the teacher's); the reported figures are on held-out
+noises. Every finished generation is written to a
 checkpoint, so an interrupted search resumes where it stopped and, with the same
 seed, reaches the same result as an uninterrupted one.
 """
@@ -33,7 +35,7 @@ from samplax.metrics import error_summary
 from samplax.search.coordinate_fit import fit_coordinates, fitting_noises
 from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import METHODS, tune_plan
-from samplax.search.objective import Teacher, check_loss
+from samplax.search.objective import Teacher, check_loss, resolve_metric
 from samplax.search.output_fit import fit_output
 from samplax.search.population import Evaluator, Params, stack
 from samplax.search.result import (
@@ -135,18 +137,18 @@ def _seed_steps(n: int, orders) -> list[tuple[Step, ...]]:
 _EVALUATORS: dict = {}
 
 
-def _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher) -> Evaluator:
+def _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher, metric=None) -> Evaluator:
     """Reuse compiled evaluators across calls on the same objects (e.g. a resumed
     search in the same process); keyed by identity, a handful kept."""
     key = (id(denoiser), id(schedule), n, afs, float(t_start), float(t_end),
-           id(teacher.x_cal), id(teacher.ref_cal))
+           id(teacher.x_cal), id(teacher.ref_cal), id(metric))
     if key not in _EVALUATORS:
         if len(_EVALUATORS) >= 8:
             _EVALUATORS.pop(next(iter(_EVALUATORS)))
         # keep the keyed objects alive with the evaluator so ids stay unique
         _EVALUATORS[key] = (Evaluator(denoiser, schedule, n, afs, t_start, t_end,
-                                      teacher.x_cal, teacher.ref_cal),
-                            (denoiser, schedule, teacher))
+                                      teacher.x_cal, teacher.ref_cal, metric),
+                            (denoiser, schedule, teacher, metric))
     return _EVALUATORS[key][0]
 
 
@@ -190,6 +192,7 @@ def search(
     baselines: dict | None = None,
     model_name: str = "custom",
     progress: bool = True,
+    metric=None,
 ) -> dict:
     """Search the best plan of exactly ``nfe`` evaluations for ``denoiser``.
 
@@ -207,6 +210,15 @@ def search(
         data: the data model, if it can tell mixture components (reported).
         baselines: held-out summaries of hand-made solvers to record beside the
             result (see :func:`samplax.search.baselines.evaluate_baselines`).
+        metric: what to minimize on the calibration noises: ``"rmse"`` (default,
+            the mean per-sample RMSE, then the mean ``config.plan_loss`` of it in
+            the last phases), ``"energy"`` (the energy distance between the samples
+            and the teacher's, a distribution distance), or any function
+            ``fn(samples, ref) -> scalar`` (lower is better, differentiable with
+            JAX). With a metric other than ``"rmse"``, the free-plan phase uses
+            Adam (``config.plan_lr``) on it, and the output and per-coordinate fits,
+            which fit per-sample residuals, are skipped. The result records the
+            metric on the calibration and held-out noises.
 
     Returns:
         The result as a JSON-ready dict (schema ``samplax.search/1``); save it with
@@ -215,11 +227,14 @@ def search(
     config = config or SearchConfig()
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
+    metric_name, metric_fn = resolve_metric(metric)
+    custom = metric_name != "rmse"
     afs_options = [a for a in config.afs if nfe + int(a) >= 2 or not a]
     t0 = time.perf_counter()
     ident = {"nfe": nfe, "config": config.key(), "model": model_name,
              "n_cal": int(teacher.x_cal.shape[0]),
-             "n_fit": 0 if teacher.x_fit is None else int(teacher.x_fit.shape[0])}
+             "n_fit": 0 if teacher.x_fit is None else int(teacher.x_fit.shape[0]),
+             "metric": metric_name}
     state = None
     if checkpoint is not None and resume and Path(checkpoint).exists():
         with open(checkpoint) as f:
@@ -248,7 +263,8 @@ def search(
             bar.update(st["best_loss"], f"{key} (resumed, done)")
             continue
         n = nfe + int(afs)
-        ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher)
+        ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher,
+                        metric_fn if custom else None)
         if "init" not in st:
             init = Params.zeros(n, afs)
             if config.dp_grid:
@@ -356,11 +372,13 @@ def search(
     if tuning is not None and tuning["structure"] != best_key:
         tuning = None
     in_time = lambda: time_limit is None or time.perf_counter() - t0 <= time_limit  # noqa: E731
+    plan_method = "adam" if custom else config.plan_method
     if config.plan_iters and tuning is None and in_time():
         tuned, before, after = tune_plan(
             denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
-            iters=config.plan_iters, method=config.plan_method, loss=config.plan_loss,
-            lr=config.plan_lr, lr_end=config.plan_lr / 100)
+            iters=config.plan_iters, method=plan_method, loss=config.plan_loss,
+            lr=config.plan_lr, lr_end=config.plan_lr / 100,
+            metric=metric_fn if custom else None)
         tuning = {"structure": best_key, "plan": tuned_plan_to_json(tuned),
                   "loss_before": before, "loss": after}
         state["tuned"] = tuning
@@ -368,7 +386,7 @@ def search(
         save()
     # the output fit follows the free-plan fit (or, with plan_iters=0, the plan)
     fitted_plan = tuning is not None and "loss" in tuning
-    if (config.output_fit and (fitted_plan or not config.plan_iters)
+    if (config.output_fit and not custom and (fitted_plan or not config.plan_iters)
             and "output_fit" not in (tuning or {}) and in_time()):
         base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
         fitted, before, after, applied = fit_output(
@@ -380,7 +398,7 @@ def search(
     # the per-coordinate fit follows both (or whichever of them is switched on)
     ready = ((fitted_plan or not config.plan_iters)
              and (not config.output_fit or "output_fit" in (tuning or {})))
-    if (config.coordinate_iters and teacher.x_fit is not None and ready
+    if (config.coordinate_iters and not custom and teacher.x_fit is not None and ready
             and "coordinate_fit" not in (tuning or {}) and in_time()):
         base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
         x_fit, ref_fit = fitting_noises(teacher)
@@ -398,8 +416,9 @@ def search(
         plan = with_tuned_plan(plan, tuning["plan"])
     assert plan.nfe == nfe, (plan.nfe, nfe)
     run = jax.jit(lambda pl, x: sample(denoiser, pl, x))
-    held = error_summary(run(plan, teacher.x_eval), teacher.ref_eval, data)
-    cal = error_summary(run(plan, teacher.x_cal), teacher.ref_cal, data)
+    out_eval, out_cal = run(plan, teacher.x_eval), run(plan, teacher.x_cal)
+    held = error_summary(out_eval, teacher.ref_eval, data)
+    cal = error_summary(out_cal, teacher.ref_cal, data)
     seconds = elapsed0 + time.perf_counter() - t0
     evals = state["evaluations"] + state["refine_steps"]
     return {
@@ -417,7 +436,10 @@ def search(
         "tuned_plan": None if tuning is None else tuning["plan"],
         "objective": {"heldout": held, "calibration": cal,
                       "n_heldout": int(teacher.x_eval.shape[0]),
-                      "n_calibration": int(teacher.x_cal.shape[0])},
+                      "n_calibration": int(teacher.x_cal.shape[0]),
+                      "metric": {"name": metric_name,
+                                 "heldout": float(metric_fn(out_eval, teacher.ref_eval)),
+                                 "calibration": float(metric_fn(out_cal, teacher.ref_cal))}},
         "baselines": baselines or {},
         "search": {
             "config": dataclasses.asdict(config),
@@ -427,8 +449,9 @@ def search(
             "candidates_per_second": evals / max(seconds, 1e-9),
             "structures": {k: v.get("best_loss") for k, v in state["structures"].items()},
             "plan_tuning": None if tuning is None or "loss" not in tuning else {
-                "iters": config.plan_iters, "method": config.plan_method,
-                "loss_name": config.plan_loss, "loss_before": tuning["loss_before"],
+                "iters": config.plan_iters, "method": plan_method,
+                "loss_name": metric_name if custom else config.plan_loss,
+                "loss_before": tuning["loss_before"],
                 "loss": tuning["loss"]},
             "output_fit": None if tuning is None else tuning.get("output_fit"),
             "coordinate_fit": None if tuning is None else tuning.get("coordinate_fit"),
