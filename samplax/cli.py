@@ -59,11 +59,12 @@ def load_metric(spec: str | None):
     return obj
 
 
-def _teacher(problem, n_cal, n_eval, seed, n_fit=0):
+def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0):
     from samplax.search import make_teacher
 
     return make_teacher(problem.denoiser, problem.schedule, problem.x_T, problem.t_start,
-                        problem.t_end, n_cal=n_cal, n_eval=n_eval, n_fit=n_fit, seed=seed)
+                        problem.t_end, n_cal=n_cal, n_eval=n_eval, n_fit=n_fit,
+                        n_grid=n_grid, seed=seed)
 
 
 def _component_data(problem):
@@ -95,7 +96,8 @@ def cmd_search(args):
     n_fit = args.n_fit if config.coordinate_iters and metric in (None, "rmse") else 0
     print(f"teacher: {args.n_cal} calibration + {n_fit} fitting + {args.n_eval} held-out "
           "noises", flush=True)
-    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit,
+                       65 if config.trajectory_weight else 0)
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
                                    t_start=problem.t_start, t_end=problem.t_end, data=data,

@@ -1,6 +1,7 @@
 """Search objectives other than the per-sample RMSE: the energy distance (a
 distribution distance) and any user-given metric, in the library and the CLI."""
 
+import json
 import math
 
 import jax
@@ -141,9 +142,13 @@ def test_cli_search_with_a_metric(tmp_path, capsys):
              "--set", "final_iters=5", "--set", "polish_iters=0", "--set", "plan_iters=3",
              "--set", "afs=[false]", "--set", "finalists=1", "--set", "elites=1",
              "--out", str(out)]
-    assert main(small + ["--metric", "energy"]) == 0
+    assert main(small + ["--metric", "energy", "--set", "trajectory_weight=0.5"]) == 0
     text = capsys.readouterr().out
     assert "+ 0 fitting" in text  # no fitting noises: the per-coordinate fit fits RMSE
+    # the intermediate-state term: the CLI kept the teacher's trajectories for it
+    res = json.loads(out.read_text())
+    assert res["objective"]["trajectory"]["weight"] == 0.5
+    assert res["objective"]["trajectory"]["calibration"] > 0
     assert "searched metric (energy)" in text and "| energy |" in text
     with pytest.raises(SystemExit, match="unknown metric 'fid'"):
         main(small + ["--metric", "fid"])

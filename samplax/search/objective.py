@@ -4,7 +4,9 @@ A search minimizes a metric of the plan's samples from the calibration noises
 against the teacher's: by default the mean per-sample RMSE (and, in its last phases,
 a robust mean of it, :data:`LOSSES`); or a distribution distance
 (:func:`energy_distance`); or any function of the two batches (:data:`METRICS`,
-:func:`resolve_metric`).
+:func:`resolve_metric`). Optionally the error of the intermediate states counts too,
+against the teacher's trajectories (:func:`teacher_states`,
+``SearchConfig.trajectory_weight``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from samplax.metrics import error_summary, per_sample_rmse
-from samplax.models.reference import reference_solve
+from samplax.models.reference import LAM_CAP, reference_solve
 from samplax.solvers.executor import sample
 
 
@@ -36,16 +38,25 @@ class Teacher(NamedTuple):
     # (samplax.search.coordinate_fit), which has too many unknowns for x_cal alone
     x_fit: jax.Array | None = None
     ref_fit: jax.Array | None = None
+    # optional teacher trajectories of the calibration noises, for an objective on
+    # intermediate states (SearchConfig.trajectory_weight): x / alpha at the half
+    # log-SNRs traj_lam [G] and its derivative in lam, [G, n_cal, *F] each
+    traj_lam: jax.Array | None = None
+    traj_cal: jax.Array | None = None
+    dtraj_cal: jax.Array | None = None
 
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
-                 n_fit=0, seed=0, solve=None, batch=512) -> Teacher:
+                 n_fit=0, n_grid=0, seed=0, solve=None, batch=512) -> Teacher:
     """Draw disjoint calibration/evaluation noises and solve the PF-ODE for each.
 
     ``x_T(key, n)`` draws initial states; ``solve(x) -> x_end`` defaults to the
     diffrax float64 reference from ``t_start`` to ``t_end``. ``n_fit > 0`` adds that
     many more calibration noises (``x_fit``, from a third key, so the others do not
-    change) for the per-coordinate fit.
+    change) for the per-coordinate fit. ``n_grid > 0`` also keeps the calibration
+    noises' reference trajectories at that many half log-SNRs, uniform from
+    ``t_start`` to ``t_end`` (capped at :data:`~samplax.models.reference.LAM_CAP`),
+    with their derivatives, for :func:`teacher_states` (needs the default ``solve``).
     """
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
     if solve is None:
@@ -59,12 +70,51 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
         return jnp.concatenate([solve(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
 
     x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
-    if n_fit < 0:
-        raise ValueError(f"n_fit must be >= 0, got {n_fit}")
-    if not n_fit:
-        return Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
-    x_fit = x_T(jax.random.split(jax.random.key(seed), 3)[2], n_fit)
-    return Teacher(x_cal, run(x_cal), x_eval, run(x_eval), x_fit, run(x_fit))
+    if n_fit < 0 or n_grid < 0 or n_grid == 1:
+        raise ValueError(f"n_fit must be >= 0 and n_grid 0 or >= 2, got {n_fit}, {n_grid}")
+    teacher = Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
+    if n_fit:
+        x_fit = x_T(jax.random.split(jax.random.key(seed), 3)[2], n_fit)
+        teacher = teacher._replace(x_fit=x_fit, ref_fit=run(x_fit))
+    if n_grid:
+        lo, hi = schedule.lam(jnp.asarray(t_start)), schedule.lam(jnp.asarray(t_end))
+        lams = jnp.linspace(lo, jnp.minimum(hi, LAM_CAP), n_grid)
+        ts = schedule.t_of_lam(lams)
+
+        @jax.jit
+        def trajectory(x):
+            xs = reference_solve(denoiser, schedule, x, ts)
+            expand = (...,) + (None,) * x.ndim
+            xt = xs / schedule.alpha(ts)[expand]
+            # the PF-ODE in x / alpha and lam (samplax.models.reference)
+            d = jax.vmap(denoiser)(xs, ts) - xt
+            return xt, d
+
+        parts = [trajectory(x_cal[i:i + batch]) for i in range(0, n_cal, batch)]
+        teacher = teacher._replace(traj_lam=lams,
+                                   traj_cal=jnp.concatenate([p[0] for p in parts], axis=1),
+                                   dtraj_cal=jnp.concatenate([p[1] for p in parts], axis=1))
+    return teacher
+
+
+def teacher_states(teacher: Teacher, schedule, t) -> jax.Array:
+    """The teacher's states ``[n_cal, *F]`` of the calibration noises at time ``t``
+    (a scalar within the grid of ``make_teacher(n_grid=...)``): cubic Hermite
+    interpolation of ``x / alpha`` in ``lam`` from the stored states and their
+    derivatives (error ``O(h^4)`` in the grid step ``h``; exact at grid points),
+    differentiable in ``t``."""
+    if teacher.traj_lam is None:
+        raise ValueError("this teacher has no trajectories: make_teacher(..., n_grid=G)")
+    lams = teacher.traj_lam
+    lam = jnp.clip(schedule.lam(t), lams[0], lams[-1])
+    i = jnp.clip(jnp.searchsorted(lams, lam, side="right") - 1, 0, lams.shape[0] - 2)
+    h = lams[i + 1] - lams[i]
+    u = (lam - lams[i]) / h
+    y0, y1 = teacher.traj_cal[i], teacher.traj_cal[i + 1]
+    d0, d1 = teacher.dtraj_cal[i] * h, teacher.dtraj_cal[i + 1] * h
+    h00, h10 = 2 * u ** 3 - 3 * u ** 2 + 1, u ** 3 - 2 * u ** 2 + u
+    h01, h11 = -2 * u ** 3 + 3 * u ** 2, u ** 3 - u ** 2
+    return schedule.alpha(t) * (h00 * y0 + h10 * d0 + h01 * y1 + h11 * d1)
 
 
 def _log_rmse(s):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from samplax.metrics import per_sample_rmse
+from samplax.search.objective import teacher_states
 from samplax.search.space import times_from_theta
 from samplax.solvers.executor import sample
 from samplax.solvers.usf import MAX_ORDER, Choices, usf_weighted
@@ -37,6 +38,24 @@ class Params(NamedTuple):
                    jnp.zeros(nfe, dtype))
 
 
+def trajectory_error(teacher, schedule, traj, ts, afs: bool):
+    """Mean per-sample RMSE of a USF plan's intermediate states against the teacher.
+
+    ``traj`` is ``sample(..., return_trajectory=True)``'s ``[K, n, *F]`` anchors after
+    each slot; for a USF plan (:func:`samplax.solvers.usf.usf`) the anchor after slot
+    ``k < K - 1`` is its state at ``ts[k + afs]`` (the anchor is updated when the next
+    evaluation opens a slot; tests/test_search_trajectory.py checks the alignment),
+    compared with :func:`samplax.search.objective.teacher_states` there; the state at
+    ``ts[0]`` (the noise itself) and the final one (the final objective) are left out.
+    """
+    a = int(afs)
+    terms = [jnp.mean(per_sample_rmse(traj[k], teacher_states(teacher, schedule, ts[k + a])))
+             for k in range(traj.shape[0] - 1) if k + a > 0]
+    if not terms:
+        return jnp.zeros((), traj.dtype)
+    return sum(terms) / len(terms)
+
+
 class Evaluator:
     """Loss, batched loss and batched refinement for plans of one structure.
 
@@ -47,12 +66,15 @@ class Evaluator:
         x, ref: calibration noises and the teacher's final samples.
         metric: ``metric(samples, ref) -> scalar`` to minimize instead of the mean
             per-sample RMSE (:func:`samplax.search.objective.resolve_metric`).
+        trajectory: ``(teacher, weight)``: add ``weight`` times the mean per-sample
+            RMSE of the intermediate states (:func:`trajectory_error`) against the
+            teacher's trajectories of ``x`` (``make_teacher(n_grid=...)``).
         free: which continuous parameters may move in refinement: a subset of
             ``{"theta", "coefficients", "shift"}``.
     """
 
     def __init__(self, denoiser, schedule, n_steps: int, afs: bool, t_start, t_end, x, ref,
-                 metric=None):
+                 metric=None, trajectory=None):
         self.schedule = schedule
         self.n_steps, self.afs = n_steps, afs
         self.t_start, self.t_end = t_start, t_end
@@ -65,10 +87,18 @@ class Evaluator:
                                 coefficients=params.coefficients, model_times=model_times)
 
         def loss(params: Params, choices: Choices):
-            out = sample(denoiser, plan(params, choices), x)
-            if metric is not None:
-                return metric(out, ref)
-            return jnp.mean(per_sample_rmse(out, ref))
+            pl = plan(params, choices)
+            if trajectory is None:
+                out = sample(denoiser, pl, x)
+            else:
+                out, traj = sample(denoiser, pl, x, return_trajectory=True)
+            value = metric(out, ref) if metric is not None else jnp.mean(
+                per_sample_rmse(out, ref))
+            if trajectory is not None:
+                ts = times_from_theta(schedule, params.theta, t_start, t_end)
+                value = value + trajectory[1] * trajectory_error(
+                    trajectory[0], schedule, traj, ts, afs)
+            return value
 
         self.plan = plan
         self.loss = loss

@@ -37,7 +37,7 @@ from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import METHODS, tune_plan
 from samplax.search.objective import Teacher, check_loss, resolve_metric
 from samplax.search.output_fit import fit_output
-from samplax.search.population import Evaluator, Params, stack
+from samplax.search.population import Evaluator, Params, stack, trajectory_error
 from samplax.search.result import (
     SCHEMA,
     atomic_write_json,
@@ -87,6 +87,11 @@ class SearchConfig:
     free_coefficients: bool = True
     model_times: bool = True
     seed: int = 0
+    # > 0: the structured search (population and Adam refinement) also minimizes this
+    # weight times the mean per-sample RMSE of the intermediate states against the
+    # teacher's trajectories (make_teacher(n_grid=...); the CLI keeps 65 points);
+    # the last phases fit the final sample only
+    trajectory_weight: float = 0.0
     # > 0: start every candidate's times from the GITS dynamic-programming times on a
     # grid of this many log-SNR intervals (samplax.search.dp); 0: uniform log-SNR
     dp_grid: int = 0
@@ -96,6 +101,8 @@ class SearchConfig:
             raise ValueError(f"unknown plan_method {self.plan_method!r}; "
                              f"choose one of {list(METHODS)}")
         check_loss(self.plan_loss)
+        if not self.trajectory_weight >= 0:
+            raise ValueError(f"trajectory_weight must be >= 0, got {self.trajectory_weight}")
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -137,17 +144,21 @@ def _seed_steps(n: int, orders) -> list[tuple[Step, ...]]:
 _EVALUATORS: dict = {}
 
 
-def _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher, metric=None) -> Evaluator:
+def _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher, metric=None,
+               trajectory_weight=0.0) -> Evaluator:
     """Reuse compiled evaluators across calls on the same objects (e.g. a resumed
     search in the same process); keyed by identity, a handful kept."""
     key = (id(denoiser), id(schedule), n, afs, float(t_start), float(t_end),
-           id(teacher.x_cal), id(teacher.ref_cal), id(metric))
+           id(teacher.x_cal), id(teacher.ref_cal), id(metric), float(trajectory_weight),
+           id(teacher.traj_cal))
     if key not in _EVALUATORS:
         if len(_EVALUATORS) >= 8:
             _EVALUATORS.pop(next(iter(_EVALUATORS)))
         # keep the keyed objects alive with the evaluator so ids stay unique
         _EVALUATORS[key] = (Evaluator(denoiser, schedule, n, afs, t_start, t_end,
-                                      teacher.x_cal, teacher.ref_cal, metric),
+                                      teacher.x_cal, teacher.ref_cal, metric,
+                                      (teacher, trajectory_weight) if trajectory_weight
+                                      else None),
                             (denoiser, schedule, teacher, metric))
     return _EVALUATORS[key][0]
 
@@ -229,6 +240,9 @@ def search(
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     metric_name, metric_fn = resolve_metric(metric)
     custom = metric_name != "rmse"
+    if config.trajectory_weight and teacher.traj_cal is None:
+        raise ValueError("trajectory_weight > 0 needs the teacher's trajectories: "
+                         "make_teacher(..., n_grid=65)")
     afs_options = [a for a in config.afs if nfe + int(a) >= 2 or not a]
     t0 = time.perf_counter()
     ident = {"nfe": nfe, "config": config.key(), "model": model_name,
@@ -264,7 +278,7 @@ def search(
             continue
         n = nfe + int(afs)
         ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher,
-                        metric_fn if custom else None)
+                        metric_fn if custom else None, config.trajectory_weight)
         if "init" not in st:
             init = Params.zeros(n, afs)
             if config.dp_grid:
@@ -439,7 +453,13 @@ def search(
                       "n_calibration": int(teacher.x_cal.shape[0]),
                       "metric": {"name": metric_name,
                                  "heldout": float(metric_fn(out_eval, teacher.ref_eval)),
-                                 "calibration": float(metric_fn(out_cal, teacher.ref_cal))}},
+                                 "calibration": float(metric_fn(out_cal, teacher.ref_cal))},
+                      "trajectory": None if teacher.traj_cal is None else {
+                          "weight": config.trajectory_weight,
+                          "calibration": float(trajectory_error(
+                              teacher, schedule, sample(denoiser, plan, teacher.x_cal,
+                                                        return_trajectory=True)[1],
+                              ts, afs))}},
         "baselines": baselines or {},
         "search": {
             "config": dataclasses.asdict(config),
