@@ -93,7 +93,8 @@ def cmd_search(args):
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
     t0 = time.perf_counter()
     # the per-coordinate fit, the only user of the fitting noises, fits the RMSE
-    n_fit = args.n_fit if config.coordinate_iters and metric in (None, "rmse") else 0
+    n_fit = (args.n_fit if config.coordinate_iters and metric in (None, "rmse")
+             and not config.trajectory_weight else 0)
     print(f"teacher: {args.n_cal} calibration + {n_fit} fitting + {args.n_eval} held-out "
           "noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit,

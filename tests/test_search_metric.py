@@ -149,6 +149,7 @@ def test_cli_search_with_a_metric(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["objective"]["trajectory"]["weight"] == 0.5
     assert res["objective"]["trajectory"]["calibration"] > 0
+    assert res["search"]["plan_tuning"] is None  # skipped with a trajectory objective
     assert "searched metric (energy)" in text and "| energy |" in text
     with pytest.raises(SystemExit, match="unknown metric 'fid'"):
         main(small + ["--metric", "fid"])

@@ -103,6 +103,13 @@ def test_search_with_a_trajectory_weight(problem):
     assert rec[4.0]["weight"] == 4.0 and rec[0.0]["weight"] == 0.0
     # weighting the intermediate states lowers their error on the calibration noises
     assert rec[4.0]["calibration"] < rec[0.0]["calibration"], rec
+    # the last phases fit the final sample only: with a trajectory weight they are
+    # skipped, so the recorded error is the structured search's
+    both = search(den, S, 3, teacher, config=replace(cfg, trajectory_weight=4.0, plan_iters=5,
+                                                      output_fit=True), **kw)
+    assert both["search"]["plan_tuning"] is None and both["search"]["output_fit"] is None
+    assert both["tuned_plan"] is None
+    assert both["objective"]["trajectory"] == rec[4.0]
     with pytest.raises(ValueError, match="n_grid"):
         search(den, S, 3, teacher._replace(traj_cal=None),
                config=replace(cfg, trajectory_weight=1.0), **kw)

@@ -90,7 +90,8 @@ class SearchConfig:
     # > 0: the structured search (population and Adam refinement) also minimizes this
     # weight times the mean per-sample RMSE of the intermediate states against the
     # teacher's trajectories (make_teacher(n_grid=...); the CLI keeps 65 points);
-    # the last phases fit the final sample only
+    # the last phases (plan_iters, output_fit, coordinate_iters) fit the final sample
+    # only and are then skipped
     trajectory_weight: float = 0.0
     # > 0: start every candidate's times from the GITS dynamic-programming times on a
     # grid of this many log-SNR intervals (samplax.search.dp); 0: uniform log-SNR
@@ -387,7 +388,11 @@ def search(
         tuning = None
     in_time = lambda: time_limit is None or time.perf_counter() - t0 <= time_limit  # noqa: E731
     plan_method = "adam" if custom else config.plan_method
-    if config.plan_iters and tuning is None and in_time():
+    # the last phases fit the final sample: they would undo a trajectory objective
+    # (gmm64 NFE 5: intermediate error 0.0057 after the structured search, 0.13 after
+    # them), so with one they are skipped
+    last_phases = not config.trajectory_weight
+    if config.plan_iters and last_phases and tuning is None and in_time():
         tuned, before, after = tune_plan(
             denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
             iters=config.plan_iters, method=plan_method, loss=config.plan_loss,
@@ -400,7 +405,8 @@ def search(
         save()
     # the output fit follows the free-plan fit (or, with plan_iters=0, the plan)
     fitted_plan = tuning is not None and "loss" in tuning
-    if (config.output_fit and not custom and (fitted_plan or not config.plan_iters)
+    if (config.output_fit and not custom and last_phases
+            and (fitted_plan or not config.plan_iters)
             and "output_fit" not in (tuning or {}) and in_time()):
         base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
         fitted, before, after, applied = fit_output(
@@ -410,7 +416,7 @@ def search(
         state["tuned"] = tuning
         save()
     # the per-coordinate fit follows both (or whichever of them is switched on)
-    ready = ((fitted_plan or not config.plan_iters)
+    ready = last_phases and ((fitted_plan or not config.plan_iters)
              and (not config.output_fit or "output_fit" in (tuning or {})))
     if (config.coordinate_iters and not custom and teacher.x_fit is not None and ready
             and "coordinate_fit" not in (tuning or {}) and in_time()):
