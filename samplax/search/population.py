@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from samplax.metrics import per_sample_rmse
-from samplax.search.objective import teacher_states
+from samplax.search.objective import mean_rmse, teacher_states
 from samplax.search.space import times_from_theta
 from samplax.solvers.executor import sample
 from samplax.solvers.usf import MAX_ORDER, Choices, usf_weighted
@@ -49,7 +48,7 @@ def trajectory_error(teacher, schedule, traj, ts, afs: bool):
     ``ts[0]`` (the noise itself) and the final one (the final objective) are left out.
     """
     a = int(afs)
-    terms = [jnp.mean(per_sample_rmse(traj[k], teacher_states(teacher, schedule, ts[k + a])))
+    terms = [mean_rmse(traj[k], teacher_states(teacher, schedule, ts[k + a]))
              for k in range(traj.shape[0] - 1) if k + a > 0]
     if not terms:
         return jnp.zeros((), traj.dtype)
@@ -92,8 +91,7 @@ class Evaluator:
                 out = sample(denoiser, pl, x)
             else:
                 out, traj = sample(denoiser, pl, x, return_trajectory=True)
-            value = metric(out, ref) if metric is not None else jnp.mean(
-                per_sample_rmse(out, ref))
+            value = (metric or mean_rmse)(out, ref)
             if trajectory is not None:
                 ts = times_from_theta(schedule, params.theta, t_start, t_end)
                 value = value + trajectory[1] * trajectory_error(

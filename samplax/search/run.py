@@ -278,8 +278,8 @@ def search(
             bar.update(st["best_loss"], f"{key} (resumed, done)")
             continue
         n = nfe + int(afs)
-        ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher,
-                        metric_fn if custom else None, config.trajectory_weight)
+        ev = _evaluator(denoiser, schedule, n, afs, t_start, t_end, teacher, metric_fn,
+                        config.trajectory_weight)
         if "init" not in st:
             init = Params.zeros(n, afs)
             if config.dp_grid:
@@ -390,8 +390,20 @@ def search(
     plan_method = "adam" if custom else config.plan_method
     # the last phases fit the final sample: they would undo a trajectory objective
     # (gmm64 NFE 5: intermediate error 0.0057 after the structured search, 0.13 after
-    # them), so with one they are skipped
+    # them), so with one they are skipped; the two per-coordinate fits fit per-sample
+    # residuals, so they are skipped for another metric too
     last_phases = not config.trajectory_weight
+    residual_fits = last_phases and not custom
+
+    def record(fitted, name, rec):
+        nonlocal tuning
+        tuning = dict(tuning or {"structure": best_key}, plan=tuned_plan_to_json(fitted),
+                      **{name: rec})
+        state["tuned"] = tuning
+        save()
+
+    def current():
+        return plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
     if config.plan_iters and last_phases and tuning is None and in_time():
         tuned, before, after = tune_plan(
             denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
@@ -405,33 +417,27 @@ def search(
         save()
     # the output fit follows the free-plan fit (or, with plan_iters=0, the plan)
     fitted_plan = tuning is not None and "loss" in tuning
-    if (config.output_fit and not custom and last_phases
-            and (fitted_plan or not config.plan_iters)
-            and "output_fit" not in (tuning or {}) and in_time()):
-        base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
+    done = lambda name: name in (tuning or {})  # noqa: E731
+    if (config.output_fit and residual_fits and (fitted_plan or not config.plan_iters)
+            and not done("output_fit") and in_time()):
         fitted, before, after, applied = fit_output(
-            denoiser, base, teacher.x_cal, teacher.ref_cal, loss=config.plan_loss)
-        tuning = dict(tuning or {"structure": best_key}, plan=tuned_plan_to_json(fitted),
-                      output_fit={"applied": applied, "loss_before": before, "loss": after})
-        state["tuned"] = tuning
-        save()
+            denoiser, current(), teacher.x_cal, teacher.ref_cal, loss=config.plan_loss)
+        record(fitted, "output_fit", {"applied": applied, "loss_before": before,
+                                      "loss": after})
     # the per-coordinate fit follows both (or whichever of them is switched on)
-    ready = last_phases and ((fitted_plan or not config.plan_iters)
-             and (not config.output_fit or "output_fit" in (tuning or {})))
-    if (config.coordinate_iters and not custom and teacher.x_fit is not None and ready
-            and "coordinate_fit" not in (tuning or {}) and in_time()):
-        base = plan if tuning is None else with_tuned_plan(plan, tuning["plan"])
+    ready = ((fitted_plan or not config.plan_iters)
+             and (not config.output_fit or done("output_fit")))
+    if (config.coordinate_iters and residual_fits and teacher.x_fit is not None and ready
+            and not done("coordinate_fit") and in_time()):
         x_fit, ref_fit = fitting_noises(teacher)
         fitted, before, after, applied = fit_coordinates(
-            denoiser, base, x_fit, ref_fit, iters=config.coordinate_iters,
+            denoiser, current(), x_fit, ref_fit, iters=config.coordinate_iters,
             lr=config.coordinate_lr, loss=config.plan_loss)
-        tuning = dict(tuning or {"structure": best_key}, plan=tuned_plan_to_json(fitted),
-                      coordinate_fit={"applied": applied, "iters": config.coordinate_iters,
-                                      "n_noises": int(x_fit.shape[0]),
-                                      "loss_before": before, "loss": after})
-        state["tuned"] = tuning
         state["refine_steps"] += config.coordinate_iters
-        save()
+        record(fitted, "coordinate_fit", {"applied": applied,
+                                          "iters": config.coordinate_iters,
+                                          "n_noises": int(x_fit.shape[0]),
+                                          "loss_before": before, "loss": after})
     if tuning is not None:
         plan = with_tuned_plan(plan, tuning["plan"])
     assert plan.nfe == nfe, (plan.nfe, nfe)
