@@ -73,6 +73,9 @@ def mixture():
     return p, teacher
 
 
+# slow (70 s on 2 cores); the default run keeps the metric plumbing: a user's metric
+# (test_search_with_a_user_metric) and the CLI's --metric energy
+@pytest.mark.slow
 def test_search_minimizes_the_energy_distance(mixture, tmp_path):
     p, teacher = mixture
     kw = dict(t_start=p.t_start, t_end=p.t_end)

@@ -91,6 +91,10 @@ def test_evaluator_adds_the_weighted_trajectory_error(problem):
                                plain.loss(params, choices) + 0.5 * err, rtol=1e-12)
 
 
+# slow (three searches, 100 s on 2 cores); the default run keeps the weighted objective
+# (test_evaluator_adds_the_weighted_trajectory_error) and a weighted CLI search
+# (test_search_metric.py::test_cli_search_with_a_metric)
+@pytest.mark.slow
 def test_search_with_a_trajectory_weight(problem):
     den, teacher = problem
     cfg = SearchConfig(population=6, generations=1, elites=2, refine_iters=10, final_iters=20,
