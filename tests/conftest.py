@@ -28,3 +28,16 @@ def float32():
         yield
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+# The longest files (search fixtures, CLI subprocesses, notebooks) run first: with
+# `--dist loadfile` each worker takes whole files in collection order, and a long file
+# taken last leaves the other worker idle until it ends.
+_LONG_FILES = ("test_cli.py", "test_coordinate_fit.py", "search.ipynb",
+               "test_search_metric.py", "test_search.py", "test_search_trajectory.py",
+               "quickstart.ipynb", "guidance.ipynb")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
