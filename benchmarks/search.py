@@ -128,18 +128,20 @@ def main():
                 if retune:
                     res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
                                       method=cfg.plan_method, loss=cfg.plan_loss,
-                                      lr=cfg.plan_lr, data=data, output_fit=cfg.output_fit)
+                                      lr=cfg.plan_lr, data=data, output_fit=cfg.output_fit,
+                                      basis=cfg.basis)
                     timed["plan_tuning"] = time.perf_counter() - t0
                 elif refit:
                     res = fit_output_result(res, p.denoiser, p.schedule, teacher,
-                                            loss=cfg.plan_loss, data=data)
+                                            loss=cfg.plan_loss, data=data,
+                                            basis=cfg.basis)
                     timed["output_fit"] = time.perf_counter() - t0
                 if recoord:
                     t1 = time.perf_counter()
                     res = fit_coordinates_result(res, p.denoiser, p.schedule, teacher,
                                                  iters=cfg.coordinate_iters,
                                                  lr=cfg.coordinate_lr, loss=cfg.plan_loss,
-                                                 data=data)
+                                                 data=data, basis=cfg.basis)
                     timed["coordinate_fit"] = time.perf_counter() - t1
                 srch = res["search"]
                 srch["refinement_steps"] += ((cfg.plan_iters if retune else 0)

@@ -99,13 +99,20 @@ def test_bad_config_overrides_are_refused(tmp_path):
     for bad, match in [("nope=1", "KEY one of"), ("final_iters", "KEY=VALUE"),
                        ("final_iters=ten", "JSON"), ("final_iters=0.5", "takes a int"),
                        ("plan_method=newton", "unknown plan_method 'newton'"),
-                       ("plan_loss=3", "takes a str")]:
+                       ("plan_loss=3", "takes a str"), ("basis=dct", "unknown basis 'dct'")]:
         with pytest.raises(SystemExit, match=match):
             main(base + ["--set", bad])
     for flag, match in [("--n-fit=-1", "--n-fit must be >= 0"),
                         ("--n-cal=0", "--n-cal must be >= 1")]:
         with pytest.raises(SystemExit, match=match):
             main(base + [flag])
+
+
+def test_config_overrides_take_bare_words():
+    from samplax.cli import _config_overrides
+
+    assert _config_overrides(["basis=none", "plan_method=adam"]) == {
+        "basis": "none", "plan_method": "adam"}
 
 
 def test_comparison_table_without_mixture_components(capsys):

@@ -227,6 +227,10 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
     assert fit["loss"] <= fit["loss_before"]
     np.testing.assert_allclose(cal(plan), fit["loss"], rtol=1e-5)
     assert (np.ndim(result["tuned_plan"]["final"]["x"]) == 1) == fit["applied"]
+    # in the coordinates ("basis": "auto", the default) where the fit ended lower
+    assert fit["loss"] == min(fit["loss_by_basis"].values())
+    assert fit["loss"] == fit["loss_by_basis"][fit["basis"]]
+    assert ("basis" in result["tuned_plan"]) == (fit["basis"] == "pca")
     # the default metric, recorded beside the summaries: the mean per-sample RMSE
     met = result["objective"]["metric"]
     assert met["name"] == "rmse"

@@ -10,7 +10,8 @@ Improved Diffusion ODE Solver with Empirical Model Statistics", Eq. 9-10: its
 per-coordinate ``l``, ``s``, ``b`` at every step), with the coefficients fitted to
 the teacher through the sampler instead of derived from model statistics, as
 Bespoke solvers fit scalar ones (Shaul et al. 2024). The network times and the NFE
-stay as they are.
+stay as they are. A plan with a basis (:attr:`samplax.solvers.plan.Plan.basis`,
+:mod:`samplax.search.basis`) gets its coefficients per coordinate of that basis.
 
 Per coordinate and slot there are ``1 + Hd + He`` unknowns, so the fit needs far
 more calibration noises than the scalar phases: on the digits model at 8 NFE, the 256
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from samplax.search.basis import coordinate_shape, resolved, start_in
 from samplax.search.objective import check_loss, plan_loss
 from samplax.solvers.plan import Combo, Plan
 
@@ -101,7 +103,7 @@ def fit_coordinates(denoiser, plan: Plan, x, ref, *, iters: int = 400, lr: float
     every = max(int(round(1.0 / holdout)), 2)
     val = np.arange(x.shape[0]) % every == every - 1
     x_fit, ref_fit, x_val, ref_val = x[~val], ref[~val], x[val], ref[val]
-    wide = per_coordinate(plan, x.shape[1:])
+    wide = per_coordinate(plan, coordinate_shape(plan, x.shape[1:]))
     params = (wide.evaluate, wide.update, wide.final)
 
     def objective(p, xs, refs):
@@ -136,15 +138,19 @@ def fit_coordinates(denoiser, plan: Plan, x, ref, *, iters: int = 400, lr: float
 
 
 def fit_coordinates_result(result: dict, denoiser, schedule, teacher, *, iters: int = 400,
-                           lr: float = 3e-4, loss: str = "log_rmse", data=None) -> dict:
+                           lr: float = 3e-4, loss: str = "log_rmse", data=None,
+                           basis: str = "auto") -> dict:
     """A loaded search result with :func:`fit_coordinates` applied to its plan on the
     teacher's calibration and extra fitting noises (``teacher.x_fit``), the objective
     re-measured on the same calibration and held-out noises: what :func:`search`
-    does last, for results saved before this phase existed."""
+    does last, for results saved before this phase existed; ``basis`` as in
+    :class:`samplax.search.SearchConfig`, ``"auto"`` resolved by the result's output
+    fit (a plan with per-coordinate coefficients keeps its coordinates)."""
     from samplax.search.result import plan_from_result, with_measured_plan
 
     x, ref = fitting_noises(teacher)
     plan = plan_from_result(result, schedule)
+    plan = start_in(plan, teacher, resolved(basis, result["search"].get("output_fit")))
     fitted, before, after, applied = fit_coordinates(denoiser, plan, x, ref, iters=iters,
                                                      lr=lr, loss=loss)
     out = with_measured_plan(result, fitted, denoiser, teacher, data)

@@ -124,12 +124,12 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
 
 def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, method: str = "lm",
                 loss: str = "log_rmse", lr: float | None = None, data=None,
-                output_fit: bool = False) -> dict:
+                output_fit: bool = False, basis: str = "auto") -> dict:
     """A loaded search result with the free-plan phase (re)done from its searched,
     untuned plan: for results saved before the phase existed or changed, or with
     ``plan_iters=0``. Exactly what :func:`search` does last (with ``output_fit``, the
-    output fit after it: :func:`samplax.search.output_fit.fit_output_result`), with
-    the objective re-measured on the same calibration and held-out noises.
+    output fit after it, in ``basis``: :func:`samplax.search.output_fit.fit_output_result`),
+    with the objective re-measured on the same calibration and held-out noises.
     """
     from samplax.search.output_fit import fit_output_result
     from samplax.search.result import plan_from_result, with_measured_plan
@@ -143,7 +143,8 @@ def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, method
         "iters": iters, "method": method, "loss_name": loss, "loss_before": before,
         "loss": after})
     if output_fit:
-        out = fit_output_result(out, denoiser, schedule, teacher, loss=loss, data=data)
+        out = fit_output_result(out, denoiser, schedule, teacher, loss=loss, data=data,
+                                basis=basis)
     return out
 
 

@@ -14,7 +14,8 @@ an offset are what DPM-Solver-v3 (Zheng et al. 2023, "DPM-Solver-v3: Improved
 Diffusion ODE Solver with Empirical Model Statistics": its ``l``, ``s``, ``b``;
 :mod:`samplax.solvers.dpm_solver_v3`) computes from model statistics; here they
 are fitted to the teacher instead, only at the output, where the coordinates do not
-interact. For a robust
+interact (in the basis of the plan if it has one,
+:mod:`samplax.search.basis`). For a robust
 objective ``mean_n rho(rmse_n)`` (:data:`samplax.search.objective.LOSSES`) the
 samples are reweighted by ``rho'(s_n)/s_n`` and the fit repeated (iteratively
 reweighted least squares, Holland & Welsch 1977); for a concave ``rho`` of the MSE
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.metrics import per_sample_rmse
+from samplax.search.basis import BASES, MAX_DIM, coordinate_shape, start_in
 from samplax.search.objective import check_loss
 from samplax.solvers.executor import sample
 from samplax.solvers.plan import Combo, Plan
@@ -117,9 +119,13 @@ def fit_output(denoiser, plan: Plan, x, ref, *, loss: str = "log_rmse", offset: 
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     rho = check_loss(loss)
-    n, feat = x.shape[0], x.shape[1:]
+    n, feat = x.shape[0], coordinate_shape(plan, x.shape[1:])
     B = output_bases(denoiser, plan, x).reshape(n, -1, plan.final.d.shape[0]
                                                 + plan.final.e.shape[0] + 1)
+    ref = ref.reshape(n, -1)
+    if plan.basis is not None:  # the weights act on the basis's coordinates
+        U = jnp.asarray(plan.basis, B.dtype)
+        B, ref = jnp.einsum("nfb,fg->ngb", B, U), ref @ U
     if offset:
         B = jnp.concatenate([B, jnp.ones(B.shape[:2] + (1,), B.dtype)], axis=-1)
     f = plan.final
@@ -151,21 +157,56 @@ def fit_output(denoiser, plan: Plan, x, ref, *, loss: str = "log_rmse", offset: 
     return plan._replace(final=final), before, after, True
 
 
+def fit_output_in(denoiser, plan: Plan, teacher, *, basis: str = "auto",
+                  loss: str = "log_rmse", max_dim: int = MAX_DIM) -> tuple[Plan, dict]:
+    """:func:`fit_output` on the teacher's calibration noises, in the coordinates
+    ``basis`` (:data:`samplax.search.basis.BASES`).
+
+    With ``"auto"`` the fit is done in the principal components and in the sample's
+    own coordinates, and the principal components are kept unless the other fit ends
+    strictly lower on the calibration objective: the closed-form fit costs one pass
+    of the network, and it is the cheap probe of which coordinates suit
+    per-coordinate coefficients for this model (benchmarks/RESULTS.md: on the digits
+    model it chose, at each of NFE 4-10, the basis whose full fit was better held
+    out).
+
+    Returns:
+        ``(plan, record)``, the record with ``applied``, ``loss_before``, ``loss``,
+        ``basis`` (the one used: ``"none"`` also where ``"pca"`` builds no basis, for
+        samples over ``max_dim`` entries or per-coordinate coefficients) and, for
+        ``"auto"``, ``loss_by_basis``.
+    """
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; choose one of {list(BASES)}")
+    starts = {b: start_in(plan, teacher, b, max_dim)
+              for b in (("pca", "none") if basis == "auto" else (basis,))}
+    if basis == "auto" and starts["pca"] is plan:  # nothing to compare
+        starts = {"pca" if plan.basis is not None else "none": plan}
+    tried = tuple(starts)
+    fits = {b: fit_output(denoiser, starts[b], teacher.x_cal, teacher.ref_cal, loss=loss)
+            for b in tried}
+    chosen = min(tried, key=lambda b: fits[b][2])  # ties keep the first: "pca"
+    fitted, before, after, applied = fits[chosen]
+    rec = {"applied": applied, "loss_before": before, "loss": after, "basis": chosen}
+    if basis == "auto":
+        rec["loss_by_basis"] = {b: fits[b][2] for b in tried}
+    return fitted, rec
+
+
 def fit_output_result(result: dict, denoiser, schedule, teacher, *, loss: str = "log_rmse",
-                      data=None) -> dict:
-    """A loaded search result with :func:`fit_output` applied to its plan (the
+                      data=None, basis: str = "auto") -> dict:
+    """A loaded search result with :func:`fit_output_in` applied to its plan (the
     tuned one if it has one, which must not be output-fitted already), the objective
     re-measured on the same calibration and held-out noises. What :func:`search`
-    does last, for results saved before the output fit existed."""
+    does last, for results saved before the output fit existed; ``basis`` as in
+    :class:`samplax.search.SearchConfig`."""
     from samplax.search.result import plan_from_result, with_measured_plan
 
     plan = plan_from_result(result, schedule)
-    fitted, before, after, applied = fit_output(denoiser, plan, teacher.x_cal,
-                                                teacher.ref_cal, loss=loss)
+    fitted, rec = fit_output_in(denoiser, plan, teacher, basis=basis, loss=loss)
     out = with_measured_plan(result, fitted, denoiser, teacher, data)
-    out["search"] = dict(result["search"], output_fit={
-        "applied": applied, "loss_before": before, "loss": after})
+    out["search"] = dict(result["search"], output_fit=rec)
     return out
 
 
-__all__ = ["fit_output", "fit_output_result", "output_bases"]
+__all__ = ["fit_output", "fit_output_in", "fit_output_result", "output_bases"]

@@ -97,6 +97,8 @@ def tuned_plan_to_json(plan) -> dict:
         c = getattr(plan, name)
         fields = ("x", "d", "e") + (("c",) if name == "final" and c.c is not None else ())
         out[name] = {k: np.asarray(getattr(c, k)).tolist() for k in fields}
+    if plan.basis is not None:
+        out["basis"] = np.asarray(plan.basis).tolist()
     return out
 
 
@@ -106,7 +108,9 @@ def with_tuned_plan(plan, tuned: dict):
     carry trailing per-coordinate axes ``F``, the same for all
     (:mod:`samplax.search.output_fit`, :mod:`samplax.search.coordinate_fit`: ``x:
     [K, *F]``, ``d: [K, Hd, *F]``, ``e: [K, He, *F]``, the output without ``K``, with
-    an optional offset ``c: F``), and be finite."""
+    an optional offset ``c: F``), and be finite. An optional ``basis`` (``[n, n]``,
+    orthogonal: :attr:`samplax.solvers.plan.Plan.basis`) makes ``F`` its ``(n,)``
+    coordinates."""
     def array(value, lead, where, dtype):
         try:
             a = np.asarray(value, dtype=float)
@@ -120,8 +124,17 @@ def with_tuned_plan(plan, tuned: dict):
             raise ResultError(f"tuned_plan.{where}: non-finite values")
         return a, jnp.result_type(dtype)
 
-    if not isinstance(tuned, dict) or set(tuned) != {"t", *_TUNED}:
-        raise ResultError("tuned_plan must have the fields t, evaluate, update, final")
+    if not isinstance(tuned, dict) or set(tuned) - {"basis"} != {"t", *_TUNED}:
+        raise ResultError("tuned_plan must have the fields t, evaluate, update, final "
+                          "(and optionally basis)")
+    basis = None
+    if "basis" in tuned:
+        b, db = array(tuned["basis"], (), "basis", plan.t)
+        if b.ndim != 2 or b.shape[0] != b.shape[1]:
+            raise ResultError(f"tuned_plan.basis: shape {b.shape}, expected a square matrix")
+        if not np.max(np.abs(b.T @ b - np.eye(b.shape[0]))) < 1e-6:
+            raise ResultError("tuned_plan.basis: not an orthogonal matrix")
+        basis = jnp.asarray(b, db)
     t, dt = array(tuned["t"], np.shape(plan.t), "t", plan.t)
     if t.shape != np.shape(plan.t):
         raise ResultError(f"tuned_plan.t: shape {t.shape}, expected {np.shape(plan.t)}")
@@ -135,6 +148,9 @@ def with_tuned_plan(plan, tuned: dict):
                               + (" (and optionally c)" if final else ""))
         x, dx = array(d["x"], np.shape(c.x), f"{name}.x", c.x)
         here = x.shape[np.ndim(c.x):]
+        if here and basis is not None and here != basis.shape[:1]:
+            raise ResultError(f"tuned_plan.{name}.x: per-coordinate shape {here}, but the "
+                              f"basis has {basis.shape[0]} coordinates")
         if here and feat is None:
             feat = here
         elif here and here != feat:
@@ -154,7 +170,7 @@ def with_tuned_plan(plan, tuned: dict):
                                   f"{want[k]} (per-coordinate shape {here} of {name}.x)")
             arrays[k] = jnp.asarray(a, dk)
         out[name] = c._replace(**arrays)
-    return plan._replace(**out)
+    return plan._replace(**out, basis=basis)
 
 
 def with_measured_plan(obj: dict, plan, denoiser, teacher, data=None) -> dict:

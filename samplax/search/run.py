@@ -10,7 +10,9 @@ times are tuned freely (:mod:`samplax.search.free_plan`), the NFE unchanged; las
 its output combination is fitted per coordinate in closed form
 (:mod:`samplax.search.output_fit`), and, when the teacher has extra fitting noises
 (``make_teacher(n_fit=...)``), every slot's coefficients per coordinate by Adam
-(:mod:`samplax.search.coordinate_fit`).
+(:mod:`samplax.search.coordinate_fit`); both per-coordinate fits work in the principal
+components of the teacher's samples or in the sample's own coordinates, whichever
+the output fit does better in (:mod:`samplax.search.basis`).
 Selection uses calibration noises only, by the mean per-sample RMSE against the
 teacher or another metric (``search(..., metric=)``: the energy distance, or any
 function of the samples and the teacher's); the reported figures are on held-out
@@ -32,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.metrics import error_summary
+from samplax.search.basis import BASES, MAX_DIM, resolved, start_in
 from samplax.search.coordinate_fit import fit_coordinates, fitting_noises
 from samplax.search.dp import dp_timesteps
 from samplax.search.free_plan import METHODS, tune_plan
 from samplax.search.objective import Teacher, check_loss, resolve_metric
-from samplax.search.output_fit import fit_output
+from samplax.search.output_fit import fit_output_in
 from samplax.search.population import Evaluator, Params, stack, trajectory_error
 from samplax.search.result import (
     SCHEMA,
@@ -80,6 +83,12 @@ class SearchConfig:
     # a quarter of the noises kept out of the fit; 0: off
     coordinate_iters: int = 400
     coordinate_lr: float = 3e-4
+    # the coordinates of both per-coordinate fits: "pca", the principal components of
+    # the teacher's calibration and fitting samples (samplax.search.basis), for samples
+    # of at most basis_max_dim entries; "none": the sample's own coordinates; "auto":
+    # the output fit is done in both and the better one kept for both fits
+    basis: str = "auto"
+    basis_max_dim: int = MAX_DIM
     finalists: int = 2
     lr: float = 0.05
     afs: tuple = (False, True)
@@ -102,6 +111,8 @@ class SearchConfig:
             raise ValueError(f"unknown plan_method {self.plan_method!r}; "
                              f"choose one of {list(METHODS)}")
         check_loss(self.plan_loss)
+        if self.basis not in BASES:
+            raise ValueError(f"unknown basis {self.basis!r}; choose one of {list(BASES)}")
         if not self.trajectory_weight >= 0:
             raise ValueError(f"trajectory_weight must be >= 0, got {self.trajectory_weight}")
 
@@ -420,18 +431,20 @@ def search(
     done = lambda name: name in (tuning or {})  # noqa: E731
     if (config.output_fit and residual_fits and (fitted_plan or not config.plan_iters)
             and not done("output_fit") and in_time()):
-        fitted, before, after, applied = fit_output(
-            denoiser, current(), teacher.x_cal, teacher.ref_cal, loss=config.plan_loss)
-        record(fitted, "output_fit", {"applied": applied, "loss_before": before,
-                                      "loss": after})
+        fitted, rec = fit_output_in(denoiser, current(), teacher, basis=config.basis,
+                                    loss=config.plan_loss, max_dim=config.basis_max_dim)
+        record(fitted, "output_fit", rec)
     # the per-coordinate fit follows both (or whichever of them is switched on)
     ready = ((fitted_plan or not config.plan_iters)
              and (not config.output_fit or done("output_fit")))
     if (config.coordinate_iters and residual_fits and teacher.x_fit is not None and ready
             and not done("coordinate_fit") and in_time()):
         x_fit, ref_fit = fitting_noises(teacher)
+        start = start_in(current(), teacher,
+                         resolved(config.basis, (tuning or {}).get("output_fit")),
+                         config.basis_max_dim)
         fitted, before, after, applied = fit_coordinates(
-            denoiser, current(), x_fit, ref_fit, iters=config.coordinate_iters,
+            denoiser, start, x_fit, ref_fit, iters=config.coordinate_iters,
             lr=config.coordinate_lr, loss=config.plan_loss)
         state["refine_steps"] += config.coordinate_iters
         record(fitted, "coordinate_fit", {"applied": applied,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -121,6 +122,64 @@ def _segments(denoiser, K: int) -> list[tuple[Denoiser, int, int]]:
     return list(zip(denoiser.denoisers, starts, ends))
 
 
+def _rotation(basis, shape):
+    """``(to, back)``: a sample of trailing shape ``F`` (the shortest trailing axes of
+    ``shape`` with as many entries as ``basis`` has rows) to its ``n`` coordinates
+    in ``basis``, and back."""
+    if basis.ndim != 2 or basis.shape[0] != basis.shape[1]:
+        raise ValueError(f"a plan's basis must be a square matrix, got shape {basis.shape}")
+    n = basis.shape[0]
+    for j in range(len(shape) - 1, -1, -1):
+        if math.prod(shape[j:]) == n:
+            break
+    else:
+        raise ValueError(f"the plan's basis has {n} rows, but no trailing axes of x_T "
+                         f"{tuple(shape)} hold {n} entries")
+    feat = tuple(shape[j:])
+
+    def to(x):
+        return x.reshape(x.shape[:x.ndim - len(feat)] + (n,)) @ basis.astype(x.dtype)
+
+    def back(z):
+        return (z @ basis.T.astype(z.dtype)).reshape(z.shape[:-1] + feat)
+
+    return to, back
+
+
+def _sample_in_basis(denoiser, plan: Plan, x_T, key, return_trajectory, hook, noise):
+    """Run ``plan`` on the coordinates of ``x_T`` in ``plan.basis`` (see :class:`Plan`):
+    the initial noise is rotated in, the denoiser sees and returns samples in their
+    own coordinates, and the result is rotated back."""
+    if hook is not None:
+        raise ValueError("a plan with a basis runs on rotated coordinates, which a slot "
+                         "hook would not expect; sample it without hook=")
+    to, back = _rotation(jnp.asarray(plan.basis), x_T.shape)
+
+    def wrap(den):
+        if _is_stateful(den):
+            raise ValueError("a plan with a basis needs plain denoisers, not stateful ones")
+
+        def rotated(z, t):
+            x = back(z)
+            d = jnp.asarray(den(x, t))
+            if d.shape != x.shape:
+                raise ValueError(f"denoiser returned shape {d.shape} for input of shape "
+                                 f"{x.shape}")
+            return to(d.astype(z.dtype))
+
+        return rotated
+
+    if isinstance(denoiser, Segments):
+        den = denoiser._replace(denoisers=tuple(wrap(d) for d in denoiser.denoisers))
+    else:
+        den = wrap(denoiser)
+    out = sample(den, plan._replace(basis=None), to(x_T), key,
+                 return_trajectory=return_trajectory, noise=noise)
+    if return_trajectory:
+        return back(out[0]), back(out[1])
+    return back(out)
+
+
 def _check_coordinates(plan: Plan, shape) -> None:
     """Per-coordinate coefficients must match the trailing axes of the samples, or
     they would broadcast into a wrong sample."""
@@ -179,6 +238,8 @@ def sample(
         raise ValueError("this plan is stochastic: pass a PRNG key, e.g. jax.random.key(0)")
     if hook is not None and key is None:
         raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
+    if plan.basis is not None:
+        return _sample_in_basis(denoiser, plan, x_T, key, return_trajectory, hook, noise)
     _check_coordinates(plan, x_T.shape)
     dtype = x_T.dtype
     if noise is not None and plan.stochastic and plan.noise_span is None:

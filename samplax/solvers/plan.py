@@ -71,6 +71,13 @@ class Plan(NamedTuple):
             final combination) uses; ``(0, 0)`` for a slot without noise. ``None``
             otherwise. Read only by a noise source such as
             :class:`samplax.solvers.noise.BrownianNoise`.
+        basis: ``[n, n]`` orthogonal matrix, or ``None`` (the sample's own
+            coordinates). With a basis the executor runs the plan on the
+            coordinates ``z = x.reshape(n) @ basis`` of a sample of ``n`` entries
+            and maps the result back, so that per-coordinate coefficients act on
+            the basis's directions (e.g. the principal components of the data,
+            :func:`samplax.search.basis.pca_basis`). Scalar coefficients give the
+            same samples in any basis.
     """
 
     t: Array
@@ -82,6 +89,7 @@ class Plan(NamedTuple):
     init_d: Array
     init_e: Array
     noise_span: Array | None = None
+    basis: Array | None = None
 
     @property
     def nfe(self) -> int:
