@@ -114,6 +114,23 @@ def test_gaussian_data_is_solved_exactly_in_its_principal_components(rotated):
     assert in_basis.final.x.shape == (4,) and in_basis.basis.shape == (4, 4)
 
 
+def test_a_basis_plan_keeps_float32_samples_float32_and_finite(rotated):
+    """A plan fitted in float64 (basis, per-coordinate output, offset) run from
+    float32 noise: the state stays float32 through the rotations, and the result is
+    the float64 one to float32 precision, down to t_end = 1e-5."""
+    U, den, teacher = rotated
+    plan = ddim(S, kl_optimal(S, 3, t_start=T0, t_end=1e-5))
+    fitted, _, _, ok = fit_output(den, with_basis(plan, U), teacher.x_cal, teacher.ref_cal,
+                                  loss="mean_rmse")
+    assert ok and fitted.final.c is not None
+    x32 = teacher.x_eval.astype(jnp.float32)
+    out, traj = sample(den, fitted, x32, return_trajectory=True)
+    assert out.dtype == jnp.float32 and traj.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(traj)))
+    ref = sample(den, fitted, x32.astype(jnp.float64))
+    np.testing.assert_allclose(out, ref, atol=2e-5 * float(jnp.max(jnp.abs(ref))))
+
+
 def test_auto_keeps_the_basis_whose_output_fit_is_better(rotated):
     """"auto" fits the output in both coordinate systems and keeps the lower loss:
     the principal components for rotated Gaussian data, the sample's own coordinates
