@@ -63,18 +63,28 @@ def pca_basis(samples) -> np.ndarray:
     return u * np.where(top < 0, -1.0, 1.0)
 
 
+def check_basis(basis) -> str | None:
+    """What is wrong with ``basis`` as a :attr:`Plan.basis` (a square orthogonal
+    matrix), or ``None``."""
+    b = np.asarray(basis, dtype=np.float64)
+    if b.ndim != 2 or b.shape[0] != b.shape[1]:
+        return f"a basis must be a square matrix, got shape {b.shape}"
+    err = float(np.max(np.abs(b.T @ b - np.eye(b.shape[0]))))
+    if not err < 1e-6:
+        return f"a basis must be orthogonal (max |B^T B - I| = {err:.2g})"
+    return None
+
+
 def with_basis(plan: Plan, basis) -> Plan:
     """``plan``, to be run on the coordinates of ``basis`` (:attr:`Plan.basis`).
 
     Only for plans with scalar coefficients, whose samples are the same in any
     basis; per-coordinate coefficients belong to the coordinates they were fitted
     in."""
+    problem = check_basis(basis)
+    if problem:
+        raise ValueError(problem)
     b = jnp.asarray(basis)
-    if b.ndim != 2 or b.shape[0] != b.shape[1]:
-        raise ValueError(f"a basis must be a square matrix, got shape {b.shape}")
-    err = float(jnp.max(jnp.abs(b.T @ b - jnp.eye(b.shape[0], dtype=b.dtype))))
-    if not err < 1e-6:
-        raise ValueError(f"a basis must be orthogonal (max |B^T B - I| = {err:.2g})")
     for name, lead in (("evaluate", 1), ("update", 1), ("final", 0)):
         if jnp.ndim(getattr(plan, name).x) > lead or getattr(plan, name).c is not None:
             raise ValueError(f"the plan's {name} coefficients are per-coordinate already; "
@@ -125,6 +135,5 @@ def coordinate_shape(plan: Plan, sample_shape) -> tuple[int, ...]:
     return (int(np.shape(plan.basis)[0]),)
 
 
-__all__ = ["BASES", "MAX_DIM", "coordinate_shape", "pca_basis", "pca_start", "resolved",
-           "start_in",
-           "with_basis"]
+__all__ = ["BASES", "MAX_DIM", "check_basis", "coordinate_shape", "pca_basis",
+           "pca_start", "resolved", "start_in", "with_basis"]

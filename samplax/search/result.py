@@ -9,6 +9,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from samplax.search.basis import check_basis
 from samplax.solvers.usf import Step, usf
 
 SCHEMA = "samplax.search/1"
@@ -130,10 +131,9 @@ def with_tuned_plan(plan, tuned: dict):
     basis = None
     if "basis" in tuned:
         b, db = array(tuned["basis"], (), "basis", plan.t)
-        if b.ndim != 2 or b.shape[0] != b.shape[1]:
-            raise ResultError(f"tuned_plan.basis: shape {b.shape}, expected a square matrix")
-        if not np.max(np.abs(b.T @ b - np.eye(b.shape[0]))) < 1e-6:
-            raise ResultError("tuned_plan.basis: not an orthogonal matrix")
+        problem = check_basis(b)
+        if problem:
+            raise ResultError(f"tuned_plan.basis: {problem}")
         basis = jnp.asarray(b, db)
     t, dt = array(tuned["t"], np.shape(plan.t), "t", plan.t)
     if t.shape != np.shape(plan.t):
