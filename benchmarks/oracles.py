@@ -9,8 +9,8 @@ evaluations does.
 * **Final combination.** The plan runs unchanged; then, per sample, the least-squares
   combination of its sample, the initial noise ``x_T``, its ``K`` data predictions
   ``D_1..D_K`` and a constant that comes closest to the teacher's answer (``K + 3``
-  unknowns per sample, chosen knowing that answer). A residual orthogonal to all of
-  them is beyond any combination, linear or not, of what the network returned.
+  unknowns per sample, chosen knowing that answer). What is left is beyond every
+  weighting of what the network returned, even a sample-dependent one.
 * **Network times.** Per sample, ``K`` offsets in ``lam`` of the plan's network times,
   fitted by Adam to that sample's own error (coefficients unchanged). Then, per slot,
   the share of the offsets' variance (R^2) that a least-squares fit explains from the
