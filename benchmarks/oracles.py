@@ -1,16 +1,16 @@
 """How far a saved schedule is from what its network evaluations could give at best.
 
 Two oracles, each told the teacher's answer for every held-out sample, bound what a
-sampler could do with a searched plan's evaluations if it were allowed to depend on
-the sample (a plan cannot: its coefficients and network times are the same for every
-sample). If even they do not reach a target, no sample-independent plan with the same
-evaluations does.
+sampler could do with a searched plan's evaluations if its scalar weights, or its
+network times, were chosen for each sample (a plan's are the same for every sample,
+so with the same evaluations its scalar output combination cannot beat the first
+oracle; per-coordinate weights are another family, not bounded by it).
 
 * **Final combination.** The plan runs unchanged; then, per sample, the least-squares
   combination of its sample, the initial noise ``x_T``, its ``K`` data predictions
   ``D_1..D_K`` and a constant that comes closest to the teacher's answer (``K + 3``
   unknowns per sample, chosen knowing that answer). What is left is beyond every
-  weighting of what the network returned, even a sample-dependent one.
+  scalar weighting of what the network returned, even a sample-dependent one.
 * **Network times.** Per sample, ``K`` offsets in ``lam`` of the plan's network times,
   fitted by Adam to that sample's own error (coefficients unchanged). Then, per slot,
   the share of the offsets' variance (R^2) that a least-squares fit explains from the
