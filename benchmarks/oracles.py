@@ -123,11 +123,8 @@ def predictability(dl, outs, anchors, z0):
     outs, anchors, z0 = np.asarray(outs), np.asarray(anchors), np.asarray(z0)
     r2 = []
     for k in range(dl.shape[1]):
-        prev = z0 if k == 0 else anchors[k - 1]
-        feats = [np.log(np.mean(prev**2, -1)), np.ones(dl.shape[0])]
-        if k:
-            feats.insert(1, np.log(np.mean(outs[k - 1] ** 2, -1)))
-        F = np.stack(feats, 1)
+        seen = [z0] if k == 0 else [anchors[k - 1], outs[k - 1]]
+        F = np.stack([np.log(np.mean(v**2, -1)) for v in seen] + [np.ones(dl.shape[0])], 1)
         c, *_ = np.linalg.lstsq(F, dl[:, k], rcond=None)
         r2.append(1.0 - np.var(dl[:, k] - F @ c) / np.var(dl[:, k]))
     return np.array(r2)
@@ -154,17 +151,12 @@ def main():
         plan = plan_from_result(res, p.schedule)
         y, outs, anchors, z0 = jax.jit(lambda x_T: run_recorded(p.denoiser, plan, x_T))(x)
         ref_b = ref if plan.basis is None else ref @ plan.basis
-        comb, removed, m = final_combination_oracle(y, outs, z0, ref_b)
+        comb, removed, n_vectors = final_combination_oracle(y, outs, z0, ref_b)
         times, dl = network_time_oracle(p.denoiser, p.schedule, plan, x, ref)
         r2 = predictability(dl, outs, anchors, z0)
-        own = float(jnp.median(per_sample_rmse(y, ref_b)))
-
-        def cell(e):
-            m_ = float(jnp.median(e))
-            return f"{m_:.5f} ({m_ / best:.3f})"
-
-        print(f"| {nfe} | {best:.5f} | {own:.5f} ({own / best:.3f}) | {cell(comb)} "
-              f"({removed:.2f}; chance {m / y.shape[-1]:.2f}) | {cell(times)} | "
+        cell = lambda e: f"{float(jnp.median(e)):.5f} ({float(jnp.median(e)) / best:.3f})"  # noqa: E731
+        print(f"| {nfe} | {best:.5f} | {cell(per_sample_rmse(y, ref_b))} | {cell(comb)} "
+              f"({removed:.2f}; chance {n_vectors / y.shape[-1]:.2f}) | {cell(times)} | "
               f"{dl.std(0).min():.3f}-{dl.std(0).max():.3f} | "
               f"{r2.min():.3f}-{r2.max():.3f} |", flush=True)
 
