@@ -21,7 +21,6 @@ result is also saved as ``search_<model>_nfe<N>.json`` in ``--out-dir`` and, wit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from samplax.metrics import error_summary  # noqa: E402
 from samplax.search import (  # noqa: E402
     SearchConfig,
     atomic_write_json,
+    continue_search,
     evaluate_baselines,
     load_result,
     make_teacher,
@@ -43,9 +43,6 @@ from samplax.search import (  # noqa: E402
     resize_result,
     search,
 )
-from samplax.search.coordinate_fit import fit_coordinates_result  # noqa: E402
-from samplax.search.free_plan import tune_result  # noqa: E402
-from samplax.search.output_fit import fit_output_result  # noqa: E402
 from samplax.search.result import plan_from_result  # noqa: E402
 from samplax.solvers._common import reaches_zero_noise  # noqa: E402
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp  # noqa: E402
@@ -78,8 +75,8 @@ def main():
     ap.add_argument("--out-dir", default=".")
     ap.add_argument("--reuse", action="store_true", help="load saved results, do not search")
     ap.add_argument("--retune", action="store_true",
-                    help="with --reuse: redo the last phases (free-plan fit, output fit) "
-                         "with SearchConfig()")
+                    help="with --reuse: redo the fitting phases (plan, output and "
+                         "per-coordinate fits) of SearchConfig() on the saved searched plan")
     ap.add_argument("--transfer", action="store_true", help="also report NFE -/+ 1 transfer")
     args = ap.parse_args()
     p = load_problem(args.model)
@@ -107,54 +104,14 @@ def main():
         if args.reuse and path.exists():
             res = load_result(path)
             secs = res["search"]["seconds"]
-            cfg = SearchConfig()
-            retune = cfg.plan_iters and (res.get("tuned_plan") is None or args.retune)
-            refit = cfg.output_fit and (retune or not res["search"].get("output_fit"))
-            recoord = cfg.coordinate_iters and (retune or refit or not res["search"].get(
-                "coordinate_fit"))
-            if retune or refit or recoord:
-                # saved before a last phase existed (or changed): redo, from the same
-                # searched plan, the phases SearchConfig() now runs after the search,
-                # each timed on its own; a phase redone replaces its old seconds
-                srch = res["search"]
-                secs -= sum((srch.get(k) or {}).get("seconds", 0.0) for k, redo in (
-                    ("plan_tuning", retune), ("output_fit", refit),
-                    ("coordinate_fit", recoord)) if redo)
-                old_iters = (srch.get("plan_tuning") or {}).get("iters", 0) if retune else 0
-                old_iters += ((srch.get("coordinate_fit") or {}).get("iters", 0)
-                              if recoord else 0)
-                timed = {}
+            if args.retune:
+                # redo the fitting phases of SearchConfig() on the saved searched plan
+                cfg = SearchConfig()
+                fits = [cfg.phase(n) for n in ("plan_fit", "output_fit", "coordinate_fit")]
                 t0 = time.perf_counter()
-                if retune:
-                    res = tune_result(res, p.denoiser, p.schedule, teacher, iters=cfg.plan_iters,
-                                      method=cfg.plan_method, loss=cfg.plan_loss,
-                                      lr=cfg.plan_lr, data=data, output_fit=cfg.output_fit,
-                                      basis=cfg.basis)
-                    timed["plan_tuning"] = time.perf_counter() - t0
-                elif refit:
-                    res = fit_output_result(res, p.denoiser, p.schedule, teacher,
-                                            loss=cfg.plan_loss, data=data,
-                                            basis=cfg.basis)
-                    timed["output_fit"] = time.perf_counter() - t0
-                if recoord:
-                    t1 = time.perf_counter()
-                    res = fit_coordinates_result(res, p.denoiser, p.schedule, teacher,
-                                                 iters=cfg.coordinate_iters,
-                                                 lr=cfg.coordinate_lr, loss=cfg.plan_loss,
-                                                 data=data, basis=cfg.basis)
-                    timed["coordinate_fit"] = time.perf_counter() - t1
-                srch = res["search"]
-                srch["refinement_steps"] += ((cfg.plan_iters if retune else 0)
-                                             + (cfg.coordinate_iters if recoord else 0)
-                                             - old_iters)
-                for k, v in timed.items():
-                    srch[k]["seconds"] = v
-                secs += sum(timed.values())
-                srch["seconds"] = secs
-                srch["candidates_per_second"] = (
-                    srch["population_evaluations"] + srch["refinement_steps"]) / secs
-                srch["config"] = dataclasses.asdict(cfg)
-                res.pop("_steps")
+                res = continue_search(dict(res, tuned_plan=None), fits, p.denoiser,
+                                      p.schedule, teacher, config=cfg, data=data)
+                res["search"]["refit_seconds"] = time.perf_counter() - t0
                 atomic_write_json(path, res)
                 res = load_result(path)
         else:

@@ -73,18 +73,14 @@ def _component_data(problem):
 
 def cmd_search(args):
     _setup_jax()
-    from samplax.search import SearchConfig, atomic_write_json, evaluate_baselines, search
+    from samplax.search import atomic_write_json, evaluate_baselines, search
+    from samplax.search.context import Objective
 
     # bad options fail here, before minutes of teacher and baselines
-    try:
-        config = SearchConfig(seed=args.seed, generations=args.generations,
-                              population=args.population, **_config_overrides(args.set))
-    except ValueError as err:  # a value SearchConfig itself refuses
-        raise SystemExit(f"--set: {err}") from None
-    for name in ("n_cal", "n_eval", "n_fit"):
-        if getattr(args, name) < (0 if name == "n_fit" else 1):
-            raise SystemExit(f"--{name.replace('_', '-')} must be "
-                             f"{'>= 0' if name == 'n_fit' else '>= 1'}")
+    for name, least in (("n_cal", 1), ("n_eval", 1), ("n_fit", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}")
+    config = _search_config(args)
     metric = load_metric(args.metric)
     problem = load_problem(args.model)
     out = Path(args.out)
@@ -92,18 +88,17 @@ def cmd_search(args):
     if ckpt.exists() and not args.resume:
         raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
     t0 = time.perf_counter()
-    # the per-coordinate fit, the only user of the fitting noises, fits the RMSE
-    n_fit = (args.n_fit if config.coordinate_iters and metric in (None, "rmse")
-             and not config.trajectory_weight else 0)
-    print(f"teacher: {args.n_cal} calibration + {n_fit} fitting + {args.n_eval} held-out "
-          "noises", flush=True)
-    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, n_fit,
-                       65 if config.trajectory_weight else 0)
+    # the pipeline says what teacher data its phases use
+    needs = config.teacher_needs(Objective.of(metric, config.trajectory_weight))
+    print(f"teacher: {args.n_cal} calibration + {needs['n_fit']} fitting + {args.n_eval} "
+          "held-out noises", flush=True)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
+                       needs["n_grid"])
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
                                    t_start=problem.t_start, t_end=problem.t_end, data=data,
                                    metric=metric)
-    # SIGTERM behaves like Ctrl-C: the checkpoint of every finished generation stays.
+    # SIGTERM behaves like Ctrl-C: the checkpoint of every finished step stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         result = search(problem.denoiser, problem.schedule, args.nfe, teacher,
@@ -118,41 +113,49 @@ def cmd_search(args):
         return 130
     atomic_write_json(out, result)
     _print_comparison(result)
+    for name, why in result["search"]["skipped"].items():
+        print(f"skipped: {name} ({why})")
     print(f"saved {out}")
     return 0
 
 
-def _config_overrides(items) -> dict:
-    """``KEY=VALUE`` strings as :class:`SearchConfig` fields (VALUE in JSON: ``5``,
-    ``0.01``, ``[true]``); unknown keys and ill-typed values are refused."""
-    import dataclasses
+def _search_config(args):
+    """The :class:`SearchConfig` of the command line: ``--population``,
+    ``--generations``, ``--n-fit``, ``--seed``, then every ``--set KEY=VALUE`` (KEY
+    ``phase.field``, ``space.field``, a top-level field or a deprecated flat name;
+    VALUE in JSON: ``5``, ``0.01``, ``[true]``, or a bare word for a text setting)."""
     import json
+    import warnings
 
     from samplax.search import SearchConfig
 
-    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
-    out = {}
-    for item in items or ():
+    items = [f"seed={args.seed}"]
+    for flag, path in (("population", "population.size"),
+                       ("generations", "population.generations"),
+                       ("n_fit", "coordinate_fit.n_fit")):
+        if getattr(args, flag) is not None:
+            items.append(f"{path}={getattr(args, flag)}")
+    config = SearchConfig()
+    for item in items + list(args.set or ()):
         key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of "
-                             f"{sorted(fields)}")
-        default = fields[key].default
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. plan_fit.iters=0")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            if isinstance(default, str):  # a bare word: --set plan_method=adam
-                out[key] = raw
-                continue
-            raise SystemExit(f"--set {item!r}: VALUE must be JSON (e.g. 5, 0.01, [true])") from None
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not type(default):
-            raise SystemExit(f"--set {item!r}: {key} takes a {type(default).__name__}")
-        out[key] = value
-    return out
+            value = raw  # a bare word: --set plan_fit.method=adam
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DeprecationWarning)
+                config = config.set_path(key, value)
+        except (KeyError, TypeError, ValueError) as err:
+            msg = err.args[0] if err.args else err
+            if isinstance(err, TypeError) and value is raw:
+                msg = f"{msg} (VALUE is JSON: 5, 0.01, [true]; a bare word only for text)"
+            raise SystemExit(f"--set {item!r}: {msg}") from None
+        for w in caught:
+            print(f"--set {key}: {w.message}", file=sys.stderr)
+    return config
 
 
 def _print_comparison(result, label="searched"):
@@ -296,18 +299,22 @@ def main(argv=None):
     s.add_argument("--resume", action="store_true")
     s.add_argument("--time-limit", type=float, default=None, help="seconds")
     s.add_argument("--n-cal", type=int, default=256)
-    s.add_argument("--n-fit", type=int, default=2048,
-                   help="extra calibration noises for the per-coordinate fit (0: skip it)")
+    s.add_argument("--n-fit", type=int, default=None,
+                   help="extra calibration noises for the per-coordinate fit (default 2048; "
+                        "0: skip it); = --set coordinate_fit.n_fit=N")
     s.add_argument("--n-eval", type=int, default=1024)
-    s.add_argument("--generations", type=int, default=6)
-    s.add_argument("--population", type=int, default=48)
+    s.add_argument("--generations", type=int, default=None,
+                   help="generations of the population phase (default 6)")
+    s.add_argument("--population", type=int, default=None,
+                   help="candidates per generation (default 48)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--metric", default=None,
                    help="what to minimize: rmse (default, per-sample error against the "
                         "teacher), energy (energy distance to the teacher's samples) or "
                         "module:function giving fn(samples, ref) -> scalar")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other SearchConfig field, e.g. --set polish_iters=0 (repeatable)")
+                   help="any setting of a phase, e.g. --set coordinate_fit.iters=0 or "
+                        "--set space.afs=[true] (repeatable; see the README's table)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_search)
 

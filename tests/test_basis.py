@@ -25,6 +25,7 @@ from samplax.search.coordinate_fit import fit_coordinates, per_coordinate
 from samplax.search.output_fit import fit_output, fit_output_in
 from samplax.search.result import tuned_plan_to_json, with_tuned_plan
 from samplax.solvers import ddim, dpm_solver_pp
+from samplax.solvers.plan import pad_plan, stack_plans
 
 S = VPLinear()
 T0, T1 = 1.0, 1e-3
@@ -94,6 +95,27 @@ def test_per_coordinate_coefficients_act_on_the_basis_coordinates(rotated):
     by_hand = sample(lambda z, t: den(z @ U.T, t) @ U, plan, x @ U) @ U.T
     np.testing.assert_allclose(sample(den, plan._replace(basis=U), x), by_hand, atol=1e-12)
     assert not np.allclose(sample(den, plan, x), by_hand, atol=1e-3)
+
+
+def test_padding_and_stacking_keep_the_basis(rotated):
+    """``pad_plan`` and ``stack_plans`` (the executor's batch of plans) carry a plan's
+    basis: padded and vmapped basis plans give each plan's own samples."""
+    _, den, teacher = rotated
+    U, V = jnp.asarray(_orthogonal(4, 5)), jnp.asarray(_orthogonal(4, 6))
+    ts = kl_optimal(S, 3, t_start=T0, t_end=T1)
+    a = per_coordinate(dpm_solver_pp(S, ts, order=2), (4,))
+    a = a._replace(final=a.final._replace(x=a.final.x * jnp.array([1.0, 0.9, 1.1, 0.8])))
+    b = per_coordinate(ddim(S, ts), (4,))
+    a, b = a._replace(basis=U), b._replace(basis=V)
+    x = teacher.x_cal
+    padded = pad_plan(a, 4, 3)
+    np.testing.assert_array_equal(padded.basis, U)
+    np.testing.assert_allclose(sample(den, padded, x), sample(den, a, x), atol=1e-12)
+    both = jax.vmap(lambda p: sample(den, p, x))(stack_plans([a, b]))
+    np.testing.assert_allclose(both[0], sample(den, a, x), atol=1e-12)
+    np.testing.assert_allclose(both[1], sample(den, b, x), atol=1e-12)
+    with pytest.raises(ValueError, match="with a basis and plans without"):
+        stack_plans([a, b._replace(basis=None)])
 
 
 def test_gaussian_data_is_solved_exactly_in_its_principal_components(rotated):
@@ -208,7 +230,7 @@ def test_bad_bases_are_refused(rotated):
         sample(den, with_basis(plan, np.eye(4)), teacher.x_cal, jax.random.key(0),
                hook=lambda *a: a)
     with pytest.raises(ValueError, match="unknown basis"):
-        SearchConfig(basis="dct")
+        SearchConfig().set(output_fit=dict(basis="dct"), coordinate_fit=dict(basis="dct"))
 
 
 def test_bases_round_trip_through_json_and_corrupt_ones_are_rejected(rotated):

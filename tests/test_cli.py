@@ -14,10 +14,11 @@ from samplax.cli import main
 
 # small enough for a test: one structure per generation count, few calibration noises
 SMALL = ["--model", "gauss64", "--nfe", "3", "--n-cal", "16", "--n-eval", "32",
-         "--n-fit", "48", "--set", "coordinate_iters=10",
-         "--population", "6", "--quiet", "--set", "refine_iters=5", "--set", "final_iters=20",
-         "--set", "polish_iters=0", "--set", "plan_iters=10", "--set", "afs=[true]",
-         "--set", "finalists=1", "--set", "elites=1"]
+         "--n-fit", "48", "--set", "coordinate_fit.iters=10",
+         "--population", "6", "--quiet", "--set", "population.refine_iters=5",
+         "--set", "refine.iters=20", "--set", "polish.iters=0", "--set", "plan_fit.iters=10",
+         "--set", "space.afs=[true]", "--set", "refine.finalists=1",
+         "--set", "population.elites=1"]
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +97,14 @@ def test_compare_uses_the_searched_budget(searched, capsys):
 
 def test_bad_config_overrides_are_refused(tmp_path):
     base = ["search", "--model", "gauss64", "--nfe", "3", "--out", str(tmp_path / "r.json")]
-    for bad, match in [("nope=1", "KEY one of"), ("final_iters", "KEY=VALUE"),
+    for bad, match in [("nope=1", "no such setting"), ("final_iters", "KEY=VALUE"),
                        ("final_iters=ten", "JSON"), ("final_iters=0.5", "takes a int"),
-                       ("plan_method=newton", "unknown plan_method 'newton'"),
-                       ("plan_loss=3", "takes a str"), ("basis=dct", "unknown basis 'dct'")]:
+                       ("plan_method=newton", "plan_fit: unknown method 'newton'"),
+                       ("plan_loss=3", "takes a str"), ("basis=dct", "unknown basis 'dct'"),
+                       ("refine.nope=1", "Refine has no setting 'nope'"),
+                       ("nophase.iters=1", "no phase 'nophase'"),
+                       ("refine.name=x", "name cannot be set"),
+                       ("space.afs=3", "takes a tuple")]:
         with pytest.raises(SystemExit, match=match):
             main(base + ["--set", bad])
     for flag, match in [("--n-fit=-1", "--n-fit must be >= 0"),
@@ -108,11 +113,23 @@ def test_bad_config_overrides_are_refused(tmp_path):
             main(base + [flag])
 
 
-def test_config_overrides_take_bare_words():
-    from samplax.cli import _config_overrides
+def test_config_overrides_take_bare_words_and_old_flat_names(capsys):
+    import argparse
 
-    assert _config_overrides(["basis=none", "plan_method=adam"]) == {
-        "basis": "none", "plan_method": "adam"}
+    from samplax.cli import _search_config
+
+    args = argparse.Namespace(seed=3, population=None, generations=5, n_fit=None,
+                              set=["basis=none", "plan_fit.method=adam", "lr=0.1"])
+    config = _search_config(args)
+    assert config.phase("output_fit").basis == config.phase("coordinate_fit").basis == "none"
+    assert config.phase("plan_fit").method == "adam" and config.seed == 3
+    assert config.phase("population").generations == 5
+    # the old flat lr set the population's rate and the finalists' (1/2, 1/5 -> 1/100)
+    assert (config.phase("population").lr, config.phase("refine").lr,
+            config.phase("polish").lr, config.phase("polish").lr_end) == (0.1, 0.05, 0.02,
+                                                                          0.001)
+    err = capsys.readouterr().err
+    assert "--set basis: " in err and "deprecated" in err and "output_fit.basis" in err
 
 
 def test_comparison_table_without_mixture_components(capsys):

@@ -16,9 +16,11 @@ from samplax.models import gaussian
 from samplax.models.builtin import builtin
 from samplax.schedules import VPLinear, kl_optimal
 from samplax.search import (
+    CoordinateFit,
     ResultError,
     SearchConfig,
     atomic_write_json,
+    continue_search,
     load_plan,
     load_result,
     make_teacher,
@@ -26,7 +28,6 @@ from samplax.search import (
 )
 from samplax.search.coordinate_fit import (
     fit_coordinates,
-    fit_coordinates_result,
     fitting_noises,
     per_coordinate,
 )
@@ -149,9 +150,10 @@ def test_per_coordinate_plans_round_trip_through_json(mixture):
 
 S = VPLinear()
 T0, T1 = 1.0, 1e-3
-CONFIG = SearchConfig(population=8, generations=1, elites=2, refine_iters=10, final_iters=20,
-                      polish_iters=0, finalists=1, afs=(False,), plan_iters=5,
-                      coordinate_iters=60, coordinate_lr=1e-3)
+CONFIG = SearchConfig().set(population=dict(size=8, generations=1, elites=2, refine_iters=10),
+                            refine=dict(iters=20, finalists=1), polish=dict(iters=0),
+                            space=dict(afs=(False,)), plan_fit=dict(iters=5),
+                            coordinate_fit=dict(iters=60, lr=0.001))
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def searched(tmp_path_factory):
 def test_search_runs_the_fit_last_and_saves_it(searched, tmp_path):
     den, teacher, res, ck, kw = searched
     rec = res["search"]["coordinate_fit"]
-    assert rec["iters"] == CONFIG.coordinate_iters and rec["n_noises"] == 32 + 96
+    assert rec["iters"] == CONFIG.phase("coordinate_fit").iters and rec["n_noises"] == 32 + 96
     assert rec["loss"] <= rec["loss_before"]
     assert (np.ndim(res["tuned_plan"]["update"]["x"]) == 2) == rec["applied"]
     path = tmp_path / "r.json"
@@ -189,29 +191,30 @@ def test_search_runs_the_fit_last_and_saves_it(searched, tmp_path):
         search(den, S, 2, teacher._replace(x_fit=None, ref_fit=None), **kw)
 
 
-def test_fit_coordinates_result_adds_the_fit_to_a_saved_result(mixture, tmp_path):
+def test_continue_search_adds_the_coordinate_fit_to_a_saved_result(mixture, tmp_path):
     p, teacher, plan = mixture
     from samplax.search.result import SCHEMA, schedule_description
 
     # a hand-made DPM-Solver++(2M) plan saved as a search result's tuned plan
     small = teacher._replace(x_eval=teacher.x_eval[:64], ref_eval=teacher.ref_eval[:64])
     res = search(p.denoiser, p.schedule, 3, small, t_start=p.t_start, t_end=p.t_end,
-                 config=SearchConfig(population=4, generations=1, elites=1, refine_iters=2,
-                                     final_iters=2, polish_iters=0, finalists=1, afs=(False,),
-                                     plan_iters=0, output_fit=False, coordinate_iters=0),
+                 config=SearchConfig().set(
+                     population=dict(size=4, generations=1, elites=1, refine_iters=2),
+                     refine=dict(iters=2, finalists=1), polish=dict(iters=0),
+                     space=dict(afs=(False,)), plan_fit=dict(iters=0),
+                     output_fit=dict(enabled=False), coordinate_fit=dict(iters=0)),
                  progress=False)
     assert res["schema"] == SCHEMA and res["schedule"] == schedule_description(p.schedule)
     assert res["search"]["coordinate_fit"] is None
     path = tmp_path / "r.json"
     atomic_write_json(path, res)
-    fitted = fit_coordinates_result(load_result(path), p.denoiser, p.schedule, small,
-                                    iters=100, lr=1e-3)
+    fitted = continue_search(load_result(path), [CoordinateFit(iters=100, lr=1e-3)],
+                             p.denoiser, p.schedule, small)
     rec = fitted["search"]["coordinate_fit"]
     assert rec["applied"] and rec["loss"] < rec["loss_before"]
     assert rec["n_noises"] == 64 + 512
     assert fitted["objective"]["heldout"]["median_rmse"] < res["objective"]["heldout"][
         "median_rmse"]
-    fitted.pop("_steps")
     atomic_write_json(path, fitted)
     run = jax.jit(lambda q, z: sample(p.denoiser, q, z))
     got = error_summary(run(load_plan(path, p.schedule), small.x_eval), small.ref_eval, None)

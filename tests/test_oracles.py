@@ -64,7 +64,8 @@ def test_oracles_are_never_worse_than_the_plan(problem):
     y, outs, anchors, z0 = oracles.run_recorded(den, plan, x)
     own = per_sample_rmse(y, ref)
     comb, removed, m = oracles.final_combination_oracle(y, outs, z0, ref)
-    assert m == plan.nfe + 3 and 0.0 <= removed <= 1.0
+    # 7 vectors span these 6-d samples: the fit is exact, the share 1 up to round-off
+    assert m == plan.nfe + 3 and 0.0 <= removed <= 1.0 + 1e-12
     assert np.all(np.asarray(comb) <= np.asarray(own) * (1 + 1e-9))
     times, dl = oracles.network_time_oracle(den, S, plan, x, ref, steps=20)
     assert dl.shape == (x.shape[0], plan.nfe)

@@ -12,20 +12,21 @@ from samplax.metrics import error_summary
 from samplax.models import gaussian
 from samplax.schedules import VPLinear, kl_optimal
 from samplax.search import (
+    OutputFit,
+    PlanFit,
     ResultError,
     SearchConfig,
     atomic_write_json,
+    continue_search,
     load_plan,
     load_result,
     make_teacher,
     resize_result,
     search,
 )
-from samplax.search import run as run_module
 from samplax.search.dp import dp_timesteps
-from samplax.search.free_plan import tune_plan, tune_result
-from samplax.search.output_fit import fit_output_result
-from samplax.search.population import Params, stack
+from samplax.search.free_plan import tune_plan
+from samplax.search.population import Evaluator, Params, evaluator_for, stack
 from samplax.search.space import theta_from_times
 from samplax.solvers import ddim, ddpm, dpm_solver_pp
 from samplax.solvers.usf import Choices, Step
@@ -33,9 +34,9 @@ from samplax.solvers.usf import Choices, Step
 S = VPLinear()
 T0, T1 = 1.0, 1e-3
 NFE = 3
-CONFIG = SearchConfig(population=12, generations=2, elites=2, refine_iters=15,
-                      final_iters=40, polish_iters=20, finalists=2, afs=(True,),
-                      plan_iters=30)
+CONFIG = SearchConfig().set(population=dict(size=12, generations=2, elites=2, refine_iters=15),
+                            refine=dict(iters=40, finalists=2), polish=dict(iters=20),
+                            space=dict(afs=(True,)), plan_fit=dict(iters=30))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_resume_after_interrupt_gives_the_same_result(problem, result, tmp_path,
     data, den, teacher = problem
     ck = tmp_path / "ck.json"
     calls = {"n": 0}
-    original = run_module.Evaluator.refine
+    original = Evaluator.refine
 
     def flaky(self, *a, **kw):
         calls["n"] += 1
@@ -93,13 +94,13 @@ def test_resume_after_interrupt_gives_the_same_result(problem, result, tmp_path,
             raise KeyboardInterrupt
         return original(self, *a, **kw)
 
-    monkeypatch.setattr(run_module.Evaluator, "refine", flaky)
+    monkeypatch.setattr(Evaluator, "refine", flaky)
     with pytest.raises(KeyboardInterrupt):
         search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=CONFIG, checkpoint=ck,
                progress=False, model_name="gauss4")
     saved = json.loads(ck.read_text())
     assert saved["structures"]["afs=1"]["generation"] == 1
-    monkeypatch.setattr(run_module.Evaluator, "refine", original)
+    monkeypatch.setattr(Evaluator, "refine", original)
     resumed = search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=CONFIG, checkpoint=ck,
                      progress=False, model_name="gauss4")
     np.testing.assert_allclose(resumed["timesteps"], result["timesteps"], rtol=0, atol=1e-12)
@@ -115,7 +116,7 @@ def test_refine_with_a_decaying_learning_rate_never_gets_worse(problem):
     step with a new learning rate each iteration; like the constant-rate refinement it
     returns the best iterate, never worse than the start."""
     data, den, teacher = problem
-    ev = run_module._evaluator(den, S, NFE + 1, True, T0, T1, teacher)
+    ev = evaluator_for(den, S, NFE + 1, True, T0, T1, teacher)
     steps = [Step("data", 2, True)] * (NFE + 1)
     params = stack([Params.zeros(NFE + 1, True)] * 2)
     choices = stack([Choices.from_steps(steps)] * 2)
@@ -131,9 +132,10 @@ def test_dp_grid_starts_every_candidate_from_the_gits_times(problem, tmp_path):
     (saved in the checkpoint), and the search stays within budget and at least as
     good as DDIM on those times."""
     data, den, teacher = problem
-    cfg = SearchConfig(population=12, generations=1, elites=2, refine_iters=5,
-                       final_iters=10, polish_iters=0, finalists=2, afs=(True,), dp_grid=24,
-                       plan_iters=0)
+    cfg = SearchConfig().set(population=dict(size=12, generations=1, elites=2, refine_iters=5),
+                             refine=dict(iters=10, finalists=2), polish=dict(iters=0),
+                             space=dict(afs=(True,)), dp_times=dict(grid=24),
+                             plan_fit=dict(iters=0))
     ck = tmp_path / "ck.json"
     res = search(den, S, NFE, teacher, t_start=T0, t_end=T1, config=cfg, checkpoint=ck,
                  progress=False, model_name="gauss4")
@@ -203,7 +205,7 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
     loss did not increase."""
     data, den, teacher = problem
     tuning = result["search"]["plan_tuning"]
-    assert tuning["iters"] == CONFIG.plan_iters
+    assert tuning["iters"] == CONFIG.phase("plan_fit").iters
     assert tuning["loss"] <= tuning["loss_before"]
     path = tmp_path / "r.json"
     atomic_write_json(path, result)
@@ -283,22 +285,22 @@ def test_tune_plan_refuses_bad_options(problem):
         tune_plan(*args, iters=1, loss="mse")
     with pytest.raises(ValueError, match="learning rate"):
         tune_plan(*args, iters=1, method="adam")
-    with pytest.raises(ValueError, match="unknown plan_method"):
-        SearchConfig(plan_method="newton")
+    with pytest.raises(ValueError, match="plan_fit: unknown method 'newton'"):
+        SearchConfig().set(plan_fit=dict(method="newton"))
     with pytest.raises(ValueError, match="unknown loss"):
-        SearchConfig(plan_loss="l1")
+        SearchConfig().set(plan_fit=dict(loss="l1"), output_fit=dict(loss="l1"),
+                           coordinate_fit=dict(loss="l1"))
 
 
-def test_tune_result_adds_the_phase_to_a_saved_result(problem, result, tmp_path):
-    """``tune_result``: a result searched without the last phase gets it afterwards,
+def test_continue_search_adds_the_plan_fit_to_a_saved_result(problem, result, tmp_path):
+    """``continue_search``: a result searched without the plan fit gets it afterwards,
     its objective re-measured on the teacher's held-out noises."""
     data, den, teacher = problem
     path = tmp_path / "r.json"
     atomic_write_json(path, dict(result, tuned_plan=None))
     untuned = load_result(path)
-    tuned = tune_result(untuned, den, S, teacher, iters=10)
+    tuned = continue_search(untuned, [PlanFit(iters=10)], den, S, teacher)
     assert tuned["search"]["plan_tuning"]["loss"] <= tuned["search"]["plan_tuning"]["loss_before"]
-    tuned.pop("_steps")
     atomic_write_json(path, tuned)
     run = jax.jit(lambda p, x: sample(den, p, x))
     again = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
@@ -320,21 +322,20 @@ def test_bad_tuned_plans_are_rejected(result, tmp_path):
             load_plan(bad, S)
 
 
-def test_fit_output_result_adds_the_output_fit_to_a_saved_result(problem, result, tmp_path):
+def test_continue_search_adds_the_output_fit_to_a_saved_result(problem, result, tmp_path):
     """A result saved before the output fit gets it afterwards
-    (``fit_output_result``), its held-out objective re-measured and reproduced by
+    (``continue_search``), its held-out objective re-measured and reproduced by
     the reloaded file."""
     data, den, teacher = problem
     path = tmp_path / "r.json"
     atomic_write_json(path, dict(result, tuned_plan=None))
     saved = load_result(path)
-    fitted = fit_output_result(saved, den, S, teacher, loss="mean_rmse")
+    fitted = continue_search(saved, [OutputFit(loss="mean_rmse")], den, S, teacher)
     rec = fitted["search"]["output_fit"]
     assert rec["applied"] and rec["loss"] < rec["loss_before"]
     run = jax.jit(lambda p, x: sample(den, p, x))
     untuned = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
     assert fitted["objective"]["heldout"]["median_rmse"] < untuned["median_rmse"]
-    fitted.pop("_steps")
     atomic_write_json(path, fitted)
     again = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
     assert again == fitted["objective"]["heldout"]

@@ -24,8 +24,9 @@ from samplax.search.free_plan import tune_plan
 from samplax.search.objective import energy_distance, resolve_metric
 from samplax.solvers import ddim
 
-CONFIG = SearchConfig(population=8, generations=1, elites=2, refine_iters=10, final_iters=20,
-                      polish_iters=0, finalists=1, afs=(False,), plan_iters=10)
+CONFIG = SearchConfig().set(population=dict(size=8, generations=1, elites=2, refine_iters=10),
+                            refine=dict(iters=20, finalists=1), polish=dict(iters=0),
+                            space=dict(afs=(False,)), plan_fit=dict(iters=10))
 NFE = 3
 
 
@@ -114,8 +115,9 @@ def mean_abs_error(x, ref):
 
 def test_search_with_a_user_metric(mixture):
     p, teacher = mixture
-    cfg = SearchConfig(population=4, generations=1, elites=1, refine_iters=5, final_iters=10,
-                       polish_iters=0, finalists=1, afs=(False,), plan_iters=5)
+    cfg = SearchConfig().set(population=dict(size=4, generations=1, elites=1, refine_iters=5),
+                             refine=dict(iters=10, finalists=1), polish=dict(iters=0),
+                             space=dict(afs=(False,)), plan_fit=dict(iters=5))
     res = search(p.denoiser, p.schedule, NFE, teacher, config=cfg, metric=mean_abs_error,
                  t_start=p.t_start, t_end=p.t_end, progress=False)
     met = res["objective"]["metric"]

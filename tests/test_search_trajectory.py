@@ -97,9 +97,10 @@ def test_evaluator_adds_the_weighted_trajectory_error(problem):
 @pytest.mark.slow
 def test_search_with_a_trajectory_weight(problem):
     den, teacher = problem
-    cfg = SearchConfig(population=6, generations=1, elites=2, refine_iters=10, final_iters=20,
-                       polish_iters=0, finalists=1, afs=(False,), plan_iters=0,
-                       output_fit=False, coordinate_iters=0)
+    cfg = SearchConfig().set(population=dict(size=6, generations=1, elites=2, refine_iters=10),
+                             refine=dict(iters=20, finalists=1), polish=dict(iters=0),
+                             space=dict(afs=(False,)), plan_fit=dict(iters=0),
+                             output_fit=dict(enabled=False), coordinate_fit=dict(iters=0))
     kw = dict(t_start=T0, t_end=T1, progress=False)
     runs = {w: search(den, S, 3, teacher, config=replace(cfg, trajectory_weight=w), **kw)
             for w in (0.0, 4.0)}
@@ -109,8 +110,9 @@ def test_search_with_a_trajectory_weight(problem):
     assert rec[4.0]["calibration"] < rec[0.0]["calibration"], rec
     # the last phases fit the final sample only: with a trajectory weight they are
     # skipped, so the recorded error is the structured search's
-    both = search(den, S, 3, teacher, config=replace(cfg, trajectory_weight=4.0, plan_iters=5,
-                                                      output_fit=True), **kw)
+    both = search(den, S, 3, teacher, config=cfg.set(trajectory_weight=4.0,
+                                                      plan_fit=dict(iters=5),
+                                                      output_fit=dict(enabled=True)), **kw)
     assert both["search"]["plan_tuning"] is None and both["search"]["output_fit"] is None
     assert both["tuned_plan"] is None
     assert both["objective"]["trajectory"] == rec[4.0]
@@ -118,4 +120,4 @@ def test_search_with_a_trajectory_weight(problem):
         search(den, S, 3, teacher._replace(traj_cal=None),
                config=replace(cfg, trajectory_weight=1.0), **kw)
     with pytest.raises(ValueError, match="trajectory_weight must be >= 0"):
-        SearchConfig(trajectory_weight=-1.0)
+        SearchConfig().set(trajectory_weight=-1.0)

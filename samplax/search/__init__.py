@@ -1,8 +1,24 @@
-"""Search the best solver schedule and timesteps for a model under an exact NFE budget."""
+"""Search the best solver schedule and timesteps for a model under an exact NFE budget.
+
+A search is a pipeline of phases (:mod:`samplax.search.phases`) over a typed state
+(:mod:`samplax.search.state`), run by one driver (:mod:`samplax.search.driver`);
+:func:`search` runs the default one (:data:`DEFAULT_PHASES`, described in
+:mod:`samplax.search.run`).
+"""
 
 from samplax.search.baselines import evaluate_baselines, optimize_times_2m
+from samplax.search.config import DEFAULT_PHASES, SearchConfig
 from samplax.search.dp import dp_timesteps
 from samplax.search.objective import Teacher, evaluate_plan, make_teacher
+from samplax.search.phases import (
+    CoordinateFit,
+    DPTimes,
+    OutputFit,
+    Phase,
+    PlanFit,
+    Population,
+    Refine,
+)
 from samplax.search.result import (
     ResultError,
     atomic_write_json,
@@ -10,13 +26,24 @@ from samplax.search.result import (
     load_result,
     resize_result,
 )
-from samplax.search.run import SearchConfig, search
+from samplax.search.run import continue_search, search
+from samplax.search.space import SearchSpace
 
 __all__ = [
+    "DEFAULT_PHASES",
+    "CoordinateFit",
+    "DPTimes",
+    "OutputFit",
+    "Phase",
+    "PlanFit",
+    "Population",
+    "Refine",
     "ResultError",
     "SearchConfig",
+    "SearchSpace",
     "Teacher",
     "atomic_write_json",
+    "continue_search",
     "dp_timesteps",
     "evaluate_baselines",
     "evaluate_plan",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from samplax.metrics import error_summary, per_sample_rmse
+from samplax.optimize import make_minimizer
 from samplax.search.objective import Teacher, resolve_metric
 from samplax.search.space import times_from_theta
 from samplax.solvers._common import reaches_zero_noise
@@ -69,16 +69,7 @@ def optimize_times_2m(denoiser, schedule, nfe: int, teacher: Teacher, *, t_start
         return jnp.mean(per_sample_rmse(out, teacher.ref_cal))
 
     theta = jnp.zeros(nfe, teacher.x_cal.dtype)
-    opt = optax.adam(lr)
-    state = opt.init(theta)
-    vg = jax.jit(jax.value_and_grad(loss))
-    best, best_v = theta, jnp.inf
-    for _ in range(iters):
-        v, g = vg(theta)
-        if bool(jnp.isfinite(v)) and float(v) < float(best_v):
-            best, best_v = theta, v
-        upd, state = opt.update(g, state, theta)
-        theta = optax.apply_updates(theta, upd)
+    best = make_minimizer(lambda th, _: loss(th)).run(theta, iters=iters, lr=lr).params
     ts = times_from_theta(schedule, best, t_start, t_end)
     plan = dpm_solver_pp(schedule, ts, order=2)
     res = error_summary(jax.jit(lambda p, x: sample(denoiser, p, x))(plan, teacher.x_eval),

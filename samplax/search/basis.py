@@ -24,7 +24,7 @@ against 7.5e-5). Also measured on digits at NFE 8 and not offered: the principal
 components of the per-sample errors (0.00259) and the 2-D DCT basis (0.00271).
 
 The basis is an ``n x n`` matrix, so it is built only for samples of at most
-:data:`MAX_DIM` entries (``SearchConfig.basis_max_dim``); larger samples keep
+:data:`MAX_DIM` entries (the phases' ``max_dim``); larger samples keep
 their own coordinates.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from samplax.solvers.plan import Plan
 
-#: the coordinates a per-coordinate fit may use (``SearchConfig.basis``): "pca", the
+#: the coordinates a per-coordinate fit may use (the phases' ``basis``): "pca", the
 #: principal components of the teacher's samples; "none", the sample's own; "auto",
 #: whichever of the two the closed-form output fit does better in
 BASES = ("auto", "pca", "none")

@@ -19,8 +19,8 @@ calibration noises alone made the held-out median worse (0.00287 -> 0.00303), 20
 more took it to 0.00256 (benchmarks/RESULTS.md). The noises are therefore split: the
 fit sees a part, and the rest decides when to stop; if no iterate beats the starting
 plan there, the plan is returned unchanged. The fit is Adam (a linear warm-up, then a
-half cosine to 1/100) on the gradient through the sampler: the unknowns are too many
-for Gauss-Newton.
+half cosine to 1/100; :mod:`samplax.optimize`) on the gradient through the
+sampler: the unknowns are too many for Gauss-Newton.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from samplax.search.basis import coordinate_shape, resolved, start_in
+from samplax.optimize import make_minimizer
+from samplax.search.basis import coordinate_shape
 from samplax.search.objective import check_loss, plan_loss
 from samplax.solvers.plan import Combo, Plan
 
@@ -111,53 +112,14 @@ def fit_coordinates(denoiser, plan: Plan, x, ref, *, iters: int = 400, lr: float
         return plan_loss(denoiser, wide._replace(evaluate=e, update=u, final=f), xs, refs, loss)
 
     warm = max(iters // 10, 1)
-    opt = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(iters, warm + 1),
-                                                        lr / 100))
-
-    @jax.jit
-    def step(p, state):
-        g = jax.grad(objective)(p, x_fit, ref_fit)
-        upd, state = opt.update(g, state, p)
-        return optax.apply_updates(p, upd), state
-
+    rate = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(iters, warm + 1), lr / 100)
+    fit = make_minimizer(lambda p, _: objective(p, x_fit, ref_fit))
     score = jax.jit(lambda p: objective(p, x_val, ref_val))
-    before = float(score(params))
-    best, best_loss = params, before
-    state = opt.init(params)
-    marks = set(np.linspace(0, iters, checks + 1).round().astype(int)[1:].tolist())
-    for i in range(1, iters + 1):
-        params, state = step(params, state)
-        if i in marks:
-            s = float(score(params))
-            if np.isfinite(s) and s < best_loss:
-                best, best_loss = params, s
-    if not best_loss < before:
-        return plan, before, before, False
-    e, u, f = best
-    return wide._replace(evaluate=e, update=u, final=f), before, best_loss, True
-
-
-def fit_coordinates_result(result: dict, denoiser, schedule, teacher, *, iters: int = 400,
-                           lr: float = 3e-4, loss: str = "log_rmse", data=None,
-                           basis: str = "auto") -> dict:
-    """A loaded search result with :func:`fit_coordinates` applied to its plan on the
-    teacher's calibration and extra fitting noises (``teacher.x_fit``), the objective
-    re-measured on the same calibration and held-out noises: what :func:`search`
-    does last, for results saved before this phase existed; ``basis`` as in
-    :class:`samplax.search.SearchConfig`, ``"auto"`` resolved by the result's output
-    fit (a plan with per-coordinate coefficients keeps its coordinates)."""
-    from samplax.search.result import plan_from_result, with_measured_plan
-
-    x, ref = fitting_noises(teacher)
-    plan = plan_from_result(result, schedule)
-    plan = start_in(plan, teacher, resolved(basis, result["search"].get("output_fit")))
-    fitted, before, after, applied = fit_coordinates(denoiser, plan, x, ref, iters=iters,
-                                                     lr=lr, loss=loss)
-    out = with_measured_plan(result, fitted, denoiser, teacher, data)
-    out["search"] = dict(result["search"], coordinate_fit={
-        "applied": applied, "iters": iters, "n_noises": int(x.shape[0]),
-        "loss_before": before, "loss": after})
-    return out
+    out = fit.run(params, iters=iters, lr=rate, score=score, checks=checks)
+    if not out.loss < out.start:
+        return plan, out.start, out.start, False
+    e, u, f = out.params
+    return wide._replace(evaluate=e, update=u, final=f), out.start, out.loss, True
 
 
 def fitting_noises(teacher):
@@ -169,4 +131,4 @@ def fitting_noises(teacher):
             jnp.concatenate([teacher.ref_cal, teacher.ref_fit]))
 
 
-__all__ = ["fit_coordinates", "fit_coordinates_result", "fitting_noises", "per_coordinate"]
+__all__ = ["fit_coordinates", "fitting_noises", "per_coordinate"]

@@ -27,9 +27,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from samplax.optimize import cosine_to, make_minimizer
 from samplax.search.gauss_newton import levenberg_marquardt
 from samplax.search.objective import check_loss, plan_loss
-from samplax.search.population import make_refiner, run_refiner, stack
 from samplax.solvers.executor import sample
 from samplax.solvers.plan import Combo, Plan
 
@@ -115,37 +115,9 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
             return metric(sample(denoiser, apply_delta(schedule, base, d), x), ref)
         return plan_loss(denoiser, apply_delta(schedule, base, d), x, ref, loss)
 
-    before = float(jax.jit(objective)(delta, plan))
-    best, best_loss = run_refiner(make_refiner(objective), stack([delta]), stack([plan]),
-                                  iters=iters, lr=lr, lr_end=lr_end)
-    tuned = apply_delta(schedule, plan, jax.tree.map(lambda a: a[0], best))
-    return tuned, before, float(best_loss[0])
+    out = make_minimizer(objective).run(delta, plan, iters=iters,
+                                        lr=cosine_to(lr, lr_end, iters))
+    return apply_delta(schedule, plan, out.params), float(out.start), float(out.loss)
 
 
-def tune_result(result: dict, denoiser, schedule, teacher, *, iters: int, method: str = "lm",
-                loss: str = "log_rmse", lr: float | None = None, data=None,
-                output_fit: bool = False, basis: str = "auto") -> dict:
-    """A loaded search result with the free-plan phase (re)done from its searched,
-    untuned plan: for results saved before the phase existed or changed, or with
-    ``plan_iters=0``. Exactly what :func:`search` does last (with ``output_fit``, the
-    output fit after it, in ``basis``: :func:`samplax.search.output_fit.fit_output_result`),
-    with the objective re-measured on the same calibration and held-out noises.
-    """
-    from samplax.search.output_fit import fit_output_result
-    from samplax.search.result import plan_from_result, with_measured_plan
-
-    plan = plan_from_result(dict(result, tuned_plan=None), schedule)
-    tuned, before, after = tune_plan(denoiser, schedule, plan, teacher.x_cal, teacher.ref_cal,
-                                     iters=iters, method=method, loss=loss, lr=lr,
-                                     lr_end=None if lr is None else lr / 100)
-    out = with_measured_plan(result, tuned, denoiser, teacher, data)
-    out["search"] = dict(result["search"], output_fit=None, plan_tuning={
-        "iters": iters, "method": method, "loss_name": loss, "loss_before": before,
-        "loss": after})
-    if output_fit:
-        out = fit_output_result(out, denoiser, schedule, teacher, loss=loss, data=data,
-                                basis=basis)
-    return out
-
-
-__all__ = ["METHODS", "PlanDelta", "apply_delta", "tune_plan", "tune_result", "zero_delta"]
+__all__ = ["METHODS", "PlanDelta", "apply_delta", "tune_plan", "zero_delta"]

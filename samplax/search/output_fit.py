@@ -193,20 +193,4 @@ def fit_output_in(denoiser, plan: Plan, teacher, *, basis: str = "auto",
     return fitted, rec
 
 
-def fit_output_result(result: dict, denoiser, schedule, teacher, *, loss: str = "log_rmse",
-                      data=None, basis: str = "auto") -> dict:
-    """A loaded search result with :func:`fit_output_in` applied to its plan (the
-    tuned one if it has one, which must not be output-fitted already), the objective
-    re-measured on the same calibration and held-out noises. What :func:`search`
-    does last, for results saved before the output fit existed; ``basis`` as in
-    :class:`samplax.search.SearchConfig`."""
-    from samplax.search.result import plan_from_result, with_measured_plan
-
-    plan = plan_from_result(result, schedule)
-    fitted, rec = fit_output_in(denoiser, plan, teacher, basis=basis, loss=loss)
-    out = with_measured_plan(result, fitted, denoiser, teacher, data)
-    out["search"] = dict(result["search"], output_fit=rec)
-    return out
-
-
-__all__ = ["fit_output", "fit_output_in", "fit_output_result", "output_bases"]
+__all__ = ["fit_output", "fit_output_in", "output_bases"]

@@ -10,14 +10,14 @@ recompiling when the choices change.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from samplax.optimize import cosine_to, make_minimizer
 from samplax.search.objective import mean_rmse, teacher_states
-from samplax.search.space import times_from_theta
+from samplax.search.space import candidate_times, times_from_theta
 from samplax.solvers.executor import sample
 from samplax.solvers.usf import MAX_ORDER, Choices, usf_weighted
 
@@ -79,9 +79,7 @@ class Evaluator:
         self.t_start, self.t_end = t_start, t_end
 
         def plan(params: Params, choices: Choices):
-            ts = times_from_theta(schedule, params.theta, t_start, t_end)
-            eval_ts = ts[1:-1] if afs else ts[:-1]
-            model_times = schedule.t_of_lam(schedule.lam(eval_ts) + params.shift)
+            ts, model_times = candidate_times(schedule, params, afs, t_start, t_end)
             return usf_weighted(schedule, ts, choices, afs=afs,
                                 coefficients=params.coefficients, model_times=model_times)
 
@@ -101,81 +99,26 @@ class Evaluator:
         self.plan = plan
         self.loss = loss
         self.batch_loss = jax.jit(jax.vmap(loss))
-        self._refiners = {}
+        self._minimizers = {}
 
     def refine(self, params: Params, choices: Choices, *, iters: int, lr: float,
                free=("theta", "coefficients", "shift"), lr_end: float | None = None):
         """Adam on a stacked population; returns refined params and their losses.
 
         Parameters not in ``free`` are held fixed. Each candidate keeps the best
-        iterate it visited, so refinement never returns a worse candidate. One
-        jitted, vmapped Adam step serves every iteration count, learning rate and
-        population size of this structure (a Python loop drives it). ``lr_end``:
-        decay the learning rate from ``lr`` to ``lr_end`` along a half cosine
-        (``optax.cosine_decay_schedule``'s shape); default: constant ``lr``.
+        iterate it visited (:func:`samplax.optimize.make_minimizer`), so
+        refinement never returns a worse candidate; one compiled step serves every
+        iteration count, learning rate and population size of this structure.
+        ``lr_end``: decay the learning rate from ``lr`` to ``lr_end`` along a half
+        cosine (``optax.cosine_decay_schedule``); default: constant ``lr``.
         """
         free = tuple(sorted(free))
-        if free not in self._refiners:
+        if free not in self._minimizers:
             mask = Params(*(name in free for name in Params._fields))
-            self._refiners[free] = make_refiner(self.loss, mask)
-        return run_refiner(self._refiners[free], params, choices, iters=iters, lr=lr,
-                           lr_end=lr_end)
-
-
-class _RefineState(NamedTuple):
-    params: Any
-    opt_state: optax.OptState
-    best: Any
-    best_loss: jax.Array
-
-
-def make_refiner(loss, mask=None):
-    """Jitted, vmapped Adam ``(init, step)`` for ``loss(params, aux) -> scalar``.
-
-    ``mask``: a pytree of bools of ``params``' structure; ``False`` leaves are held
-    fixed (default: all free). A non-finite loss or gradient leaves a candidate
-    where it was; each candidate tracks the best iterate it visited.
-    """
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
-    vg = jax.value_and_grad(loss)
-
-    def init(params, aux, lr):
-        state = opt.init(params)
-        state.hyperparams["learning_rate"] = lr
-        return _RefineState(params, state, params, loss(params, aux))
-
-    def step(st: _RefineState, aux):
-        v, g = vg(st.params, aux)
-        finite = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(g)]
-        ok = jnp.isfinite(v) & jnp.all(jnp.stack(finite))
-        better = ok & (v < st.best_loss)
-        best = jax.tree.map(lambda a, b: jnp.where(better, a, b), st.params, st.best)
-        best_loss = jnp.where(better, v, st.best_loss)
-        if mask is not None:
-            g = jax.tree.map(lambda gi, m: gi if m else jnp.zeros_like(gi), g, mask)
-        g = jax.tree.map(lambda a: jnp.where(ok, a, jnp.zeros_like(a)), g)
-        upd, opt_state = opt.update(g, st.opt_state, st.params)
-        return _RefineState(optax.apply_updates(st.params, upd), opt_state, best, best_loss)
-
-    return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(step))
-
-
-def run_refiner(refiner, params, aux, *, iters: int, lr: float, lr_end: float | None = None):
-    """Drive a :func:`make_refiner` pair over a stacked population for ``iters`` steps;
-    returns the best parameters each candidate visited and their losses."""
-    init, step = refiner
-    n = jax.tree.leaves(params)[0].shape[0]
-    dtype = jax.tree.leaves(params)[0].dtype
-    state = init(params, aux, jnp.full((n,), lr, dtype))
-    schedule = None
-    if lr_end is not None:
-        schedule = optax.cosine_decay_schedule(lr, max(iters - 1, 1), alpha=lr_end / lr)
-    for k in range(iters):
-        if schedule is not None:
-            # a new value, not a new shape: the jitted step is not retraced
-            state.opt_state.hyperparams["learning_rate"] = jnp.full((n,), schedule(k), dtype)
-        state = step(state, aux)
-    return state.best, state.best_loss
+            self._minimizers[free] = make_minimizer(self.loss, mask=mask, batched=True)
+        out = self._minimizers[free].run(params, choices, iters=iters,
+                                         lr=cosine_to(lr, lr_end, iters))
+        return out.params, out.loss
 
 
 def stack(items):
@@ -183,5 +126,24 @@ def stack(items):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
 
 
-def unstack(tree, i: int):
-    return jax.tree.map(lambda a: a[i], tree)
+_EVALUATORS: dict = {}
+
+
+def evaluator_for(denoiser, schedule, n: int, afs: bool, t_start, t_end, teacher, metric=None,
+                  trajectory_weight: float = 0.0) -> Evaluator:
+    """An :class:`Evaluator` of one structure on the teacher's calibration noises,
+    reused across calls on the same objects (a resumed search, the next phase): its
+    compiled programs are the costly part. Keyed by identity, a handful kept."""
+    key = (id(denoiser), id(schedule), n, afs, float(t_start), float(t_end),
+           id(teacher.x_cal), id(teacher.ref_cal), id(metric), float(trajectory_weight),
+           id(teacher.traj_cal))
+    if key not in _EVALUATORS:
+        if len(_EVALUATORS) >= 8:
+            _EVALUATORS.pop(next(iter(_EVALUATORS)))
+        # the keyed objects stay alive with the evaluator, so their ids stay unique
+        _EVALUATORS[key] = (Evaluator(denoiser, schedule, n, afs, t_start, t_end,
+                                      teacher.x_cal, teacher.ref_cal, metric,
+                                      (teacher, trajectory_weight) if trajectory_weight
+                                      else None),
+                            (denoiser, schedule, teacher, metric))
+    return _EVALUATORS[key][0]

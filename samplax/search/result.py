@@ -173,20 +173,6 @@ def with_tuned_plan(plan, tuned: dict):
     return plan._replace(**out, basis=basis)
 
 
-def with_measured_plan(obj: dict, plan, denoiser, teacher, data=None) -> dict:
-    """``obj`` with ``plan`` as its tuned plan and its objective re-measured on the
-    teacher's calibration and held-out noises (the ones it was searched with)."""
-    from samplax.search.objective import evaluate_plan
-
-    out = dict(obj, tuned_plan=tuned_plan_to_json(plan))
-    out["objective"] = dict(obj["objective"],
-                            heldout=evaluate_plan(denoiser, plan, teacher.x_eval,
-                                                  teacher.ref_eval, data),
-                            calibration=evaluate_plan(denoiser, plan, teacher.x_cal,
-                                                      teacher.ref_cal, data))
-    return out
-
-
 def resize_result(obj: dict, nfe: int, schedule) -> dict:
     """Move a searched schedule to another budget ``nfe`` (transfer to NFE +/- k).
 

@@ -1,49 +1,70 @@
 """The search space: timesteps and per-step solver choices of an exact NFE budget.
 
-A :class:`Candidate` is everything that turns into a plan with
-:func:`samplax.solvers.usf.usf`: the per-step :class:`~samplax.solvers.usf.Step`
-choices (prediction type, order, corrector), the analytical first step, the
-timesteps through an unconstrained parameter ``theta`` (LD3-style: the
-log-SNR increments are ``softmax(theta)`` of the fixed range, so any ``theta``
-gives strictly decreasing times with fixed ends), optional free coefficients
-and optional offsets of the network's times (in ``lam``).
+A candidate (:class:`samplax.search.state.Candidate`) is everything that turns into a
+plan with :func:`samplax.solvers.usf.usf`: the per-step
+:class:`~samplax.solvers.usf.Step` choices (prediction type, order, corrector), the
+analytical first step, the timesteps through an unconstrained parameter ``theta``
+(LD3-style: the log-SNR increments are ``softmax(theta)`` of the fixed range, so any
+``theta`` gives strictly decreasing times with fixed ends), free coefficients and
+offsets of the network's times in ``lam``
+(:class:`samplax.search.population.Params`). :class:`SearchSpace` says which of
+them the search may choose.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.solvers.usf import MAX_ORDER, Step, usf
+from samplax.solvers.usf import Step, usf
 
 
-class Candidate(NamedTuple):
-    """One point of the search space (a plan of ``nfe = len(steps) - afs``)."""
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What the structured search chooses: with and/or without the analytical first
+    step (``afs``), the orders it may pick per step, and whether the free
+    coefficients and the network-time offsets are searched too."""
 
-    steps: tuple[Step, ...]
-    afs: bool
-    theta: np.ndarray  # [n] logits of the log-SNR increments
-    coefficients: np.ndarray | None = None  # [n, MAX_ORDER - 1]
-    model_shift: np.ndarray | None = None  # [nfe] lam offsets of the network's times
+    afs: tuple = (False, True)
+    orders: tuple = (1, 2, 3, 4)
+    free_coefficients: bool = True
+    model_times: bool = True
+
+    def __post_init__(self):
+        if not self.afs or any(not isinstance(a, bool) for a in self.afs):
+            raise ValueError(f"space.afs must be a non-empty tuple of bools, got {self.afs!r}")
+        if not self.orders or any(not isinstance(o, int) or not 1 <= o <= 4
+                                  for o in self.orders):
+            raise ValueError(f"space.orders must be orders in 1..4, got {self.orders!r}")
 
     @property
-    def n_steps(self) -> int:
-        return len(self.steps)
+    def free(self) -> tuple[str, ...]:
+        """The :class:`~samplax.search.population.Params` fields refinement moves."""
+        return (("theta",) + (("coefficients",) if self.free_coefficients else ())
+                + (("shift",) if self.model_times else ()))
 
-    @property
-    def nfe(self) -> int:
-        return len(self.steps) - int(self.afs)
-
-    def choices_key(self) -> tuple:
-        return (self.afs,) + tuple(tuple(s) for s in self.steps)
+    def structures(self, nfe: int) -> list[bool]:
+        """The AFS settings a budget allows (AFS needs at least two steps)."""
+        return [a for a in self.afs if nfe + int(a) >= 2 or not a]
 
 
-def n_steps_for(nfe: int, afs: bool) -> int:
-    """Steps a plan of exactly ``nfe`` evaluations takes (AFS buys one step)."""
-    return nfe + int(afs)
+def candidate_times(schedule, params, afs: bool, t_start, t_end):
+    """``(times [n + 1], network times [nfe])`` of a candidate's parameters."""
+    ts = times_from_theta(schedule, params.theta, t_start, t_end)
+    eval_ts = ts[1:-1] if afs else ts[:-1]
+    return ts, schedule.t_of_lam(schedule.lam(eval_ts) + params.shift)
+
+
+def candidate_plan(schedule, steps, params, afs: bool, t_start, t_end, space: SearchSpace):
+    """The plan of a candidate (its free coefficients and network times as far as
+    ``space`` searches them)."""
+    ts, model_times = candidate_times(schedule, params, afs, t_start, t_end)
+    return usf(schedule, ts, steps, afs=afs,
+               coefficients=params.coefficients if space.free_coefficients else None,
+               model_times=model_times if space.model_times else None)
 
 
 def lam_range(schedule, t_start, t_end):
@@ -71,38 +92,6 @@ def theta_from_times(schedule, ts) -> np.ndarray:
     if np.any(inc <= 0):
         raise ValueError("times must be strictly decreasing")
     return np.log(inc / inc.sum())
-
-
-def candidate_plan(schedule, cand: Candidate, t_start, t_end, *, theta=None, coefficients=None,
-                   model_shift=None):
-    """The plan of a candidate; array arguments override the candidate's (for gradients)."""
-    theta = jnp.asarray(cand.theta if theta is None else theta)
-    ts = times_from_theta(schedule, theta, t_start, t_end)
-    coefs = cand.coefficients if coefficients is None else coefficients
-    shift = cand.model_shift if model_shift is None else model_shift
-    model_times = None
-    if shift is not None:
-        eval_ts = ts[1:-1] if cand.afs else ts[:-1]
-        model_times = schedule.t_of_lam(schedule.lam(eval_ts) + jnp.asarray(shift))
-    return usf(schedule, ts, cand.steps, afs=cand.afs,
-               coefficients=None if coefs is None else jnp.asarray(coefs),
-               model_times=model_times)
-
-
-def with_free_parameters(cand: Candidate, coefficients=True, model_shift=True) -> Candidate:
-    """The candidate with zero-initialized free coefficients / network-time offsets."""
-    return cand._replace(
-        coefficients=(np.zeros((cand.n_steps, MAX_ORDER - 1)) if coefficients and
-                      cand.coefficients is None else cand.coefficients),
-        model_shift=(np.zeros(cand.nfe) if model_shift and cand.model_shift is None
-                     else cand.model_shift),
-    )
-
-
-def uniform_candidate(schedule, nfe: int, step: Step, afs: bool, t_start, t_end) -> Candidate:
-    """All steps alike, times uniform in log-SNR."""
-    n = n_steps_for(nfe, afs)
-    return Candidate(tuple([step] * n), afs, np.zeros(n))
 
 
 def random_steps(rng: np.random.Generator, n: int, *, orders=(1, 2, 3, 4),

@@ -28,8 +28,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from samplax.optimize import make_minimizer
 from samplax.solvers._common import check_timesteps, reaches_zero_noise
 from samplax.solvers._multistep import step_orders
 from samplax.solvers.plan import Plan, lin_sum
@@ -171,8 +171,10 @@ def fit_dc_ratios(
         out, _ = step(x, hist[: -k - 1 : -1], pw, cw, t_next, last)
         return jnp.mean((out - target) ** 2)
 
-    grad = jax.jit(jax.value_and_grad(loss), static_argnums=(5,))
-    opt = optax.adam(learning_rate)
+    # keep-best Adam (the official code keeps the last iterate): one minimizer per
+    # value of the static ``last``
+    fits = {last: make_minimizer(lambda rho, a, last=last: loss(rho, *a[:4], last, *a[4:]))
+            for last in (False, True)}
     x = jnp.asarray(x_T)
     hist = [output(x, t[0])]
     rhos, losses = [], []
@@ -186,14 +188,10 @@ def fit_dc_ratios(
             nodes = tuple(t[i - j] for j in range(dc_order + 1))
             args = (x, tuple(hist[-max(k, dc_order + 1):]), pw, cw, last, nodes, t[i + 1],
                     reference[i + 1])
-            state = opt.init(rho)
-            first = None
-            for _ in range(steps):
-                v, g = grad(rho, *args)
-                first = float(v) if first is None else first
-                upd, state = opt.update(g, state, rho)
-                rho = optax.apply_updates(rho, upd)
-            losses.append((first, float(loss(rho, *args))))
+            aux = args[:4] + args[5:]
+            out = fits[last].run(rho, aux, iters=steps, lr=learning_rate)
+            rho = out.params
+            losses.append((float(out.start), float(out.loss)))
             hist[-1] = compensated(hist, rho, list(nodes))
         else:
             losses.append((float("nan"), float("nan")))

@@ -77,7 +77,11 @@ class Plan(NamedTuple):
             and maps the result back, so that per-coordinate coefficients act on
             the basis's directions (e.g. the principal components of the data,
             :func:`samplax.search.basis.pca_basis`). Scalar coefficients give the
-            same samples in any basis.
+            same samples in any basis. It belongs to the plan, not to the search,
+            because per-coordinate coefficients (also DPM-Solver-v3's) mean nothing
+            without their coordinates: a plan loaded from a file must give its
+            samples through the one ``sample`` with any denoiser, and ``pad_plan``
+            and ``stack_plans`` carry it.
     """
 
     t: Array
@@ -452,6 +456,7 @@ def pad_plan(plan: Plan, hd: int, he: int) -> Plan:
         init_d=_pad_init(plan.init_d, hd),
         init_e=_pad_init(plan.init_e, he),
         noise_span=plan.noise_span,
+        basis=plan.basis,
     )
 
 
@@ -508,6 +513,8 @@ def stack_plans(plans: Sequence[Plan]) -> Plan:
     kinds = {p.stochastic for p in plans}
     if len(kinds) != 1:
         raise ValueError("cannot stack deterministic and stochastic plans together")
+    if len({p.basis is None for p in plans}) != 1:
+        raise ValueError("cannot stack plans with a basis and plans without one together")
     hd = max(p.evaluate.d.shape[1] for p in plans)
     he = max(p.evaluate.e.shape[1] for p in plans)
     padded = [pad_plan(p, hd, he) for p in plans]

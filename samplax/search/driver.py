@@ -1,0 +1,102 @@
+"""The one driver of a search pipeline: skip check, run, checkpoint, time limit, progress.
+
+In the manner of blackjax's window adaptation, the schedule of phases is data (a
+list of :class:`~samplax.search.phases.Phase` objects) and this loop is the only
+code that runs it. After every step of a phase (a generation, a fit) the state is
+handed to ``save``, so a search killed at any point resumes from its last finished
+step and, with the same settings, reaches the same result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from samplax.search.state import SearchState
+
+
+class Clock(NamedTuple):
+    """Seconds spent: ``offset`` before this run (a resumed search) plus this run's;
+    ``limit``: the seconds after which no new step starts (None: no limit)."""
+
+    start: float
+    offset: float = 0.0
+    limit: float | None = None
+
+    @classmethod
+    def started(cls, offset: float = 0.0, limit: float | None = None) -> Clock:
+        return cls(time.perf_counter(), offset, limit)
+
+    def elapsed(self) -> float:
+        return self.offset + time.perf_counter() - self.start
+
+    def over(self) -> bool:
+        return self.limit is not None and time.perf_counter() - self.start > self.limit
+
+
+class Progress:
+    """One line per step on the terminal (a tqdm bar when tqdm is installed)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar, self.enabled = None, enabled
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc="search", unit="step")
+            except ImportError:  # tqdm is an optional extra
+                self.bar = None
+
+    def update(self, phase: str, note: str, loss: float | None, seconds: float) -> None:
+        best = "" if loss is None else f"best calibration loss {loss:.4g}"
+        if self.bar is not None:
+            self.bar.set_description(phase)
+            self.bar.set_postfix_str(f"{note} {best}".strip())
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[search {seconds:.0f} s] {phase}{' ' + note if note else ''}: {best}",
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _loss(state: SearchState, name: str) -> float | None:
+    rec = state.records.get(name) or {}
+    if "loss" in rec:
+        return rec["loss"]
+    best = state.best()
+    return None if best is None else best[1].loss
+
+
+def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None = None,
+               save: Callable[[SearchState], None] | None = None,
+               progress: Progress | None = None) -> SearchState:
+    """Run ``phases`` in order on ``state``: each phase already done is passed over,
+    one that says why it does not apply is recorded in ``state.skipped``, the others
+    are stepped until done; ``save(state)`` after every step. Once ``clock`` is over
+    its limit no new step starts, and the phases left are skipped for it."""
+    clock = clock or Clock.started(state.seconds)
+    skipped = {}
+    for phase in phases:
+        if phase.done(state):
+            continue
+        reason = phase.skip(state, ctx)
+        while reason is None and not phase.done(state):
+            if clock.over():
+                reason = "time limit"
+                break
+            state = phase.step(state, ctx)._replace(seconds=clock.elapsed())
+            if save is not None:
+                save(state)
+            if progress is not None:
+                progress.update(phase.name, phase.progress(state), _loss(state, phase.name),
+                                state.seconds)
+        if reason is not None:
+            skipped[phase.name] = reason
+    return state._replace(skipped=skipped, seconds=clock.elapsed())
+
+
+__all__ = ["Clock", "Progress", "run_phases"]
