@@ -22,17 +22,41 @@ def _setup_jax():
     jax.config.update("jax_enable_x64", True)
 
 
+def _resolve(spec: str, what: str):
+    """The object ``module:attribute`` names; the module is found on ``sys.path`` and,
+    as ``python -m`` does, in the current directory."""
+    mod, _, attr = spec.partition(":")
+    if not mod or not attr:
+        raise SystemExit(f"{what} {spec!r}: expected module:function")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod.split(".")[0] and e.name != mod:
+            raise SystemExit(f"{what} {spec!r}: importing module {mod!r} failed: {e}") from None
+        raise SystemExit(f"{what} {spec!r}: no module {mod!r} in the current directory "
+                         f"({Path.cwd()}) or on sys.path") from None
+    except ImportError as e:
+        raise SystemExit(f"{what} {spec!r}: importing module {mod!r} failed: {e}") from None
+    if not hasattr(module, attr):
+        raise SystemExit(f"{what} {spec!r}: module {mod!r} ({module.__file__}) has no "
+                         f"attribute {attr!r}")
+    return getattr(module, attr)
+
+
 def load_problem(spec: str):
     """A built-in problem by name, or ``module:function`` that returns one."""
-    from samplax.models.builtin import builtin, builtin_problems
+    from samplax.models.builtin import Problem, builtin, builtin_problems
 
     if ":" in spec:
-        mod, _, fn = spec.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise SystemExit(f"cannot load model {spec!r}: {e}") from None
-        return obj() if callable(obj) else obj
+        obj = _resolve(spec, "--model")
+        obj = obj() if callable(obj) and not isinstance(obj, Problem) else obj
+        if not isinstance(obj, Problem):
+            raise SystemExit(f"--model {spec!r} gave a {type(obj).__name__}; it must return "
+                             "a samplax.models.builtin.Problem(name, schedule, data, t_start, "
+                             "t_end)")
+        return obj
     if spec not in builtin_problems():
         raise SystemExit(f"unknown model {spec!r}: use one of {builtin_problems()} or "
                          "module:function")
@@ -49,11 +73,7 @@ def load_metric(spec: str | None):
             raise SystemExit(f"unknown metric {spec!r}: use one of {sorted(METRICS)} or "
                              "module:function")
         return spec
-    mod, _, fn = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise SystemExit(f"cannot load metric {spec!r}: {e}") from None
+    obj = _resolve(spec, "--metric")
     if not callable(obj):
         raise SystemExit(f"metric {spec!r} is not a function")
     return obj
@@ -85,8 +105,13 @@ def cmd_search(args):
     problem = load_problem(args.model)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
-    if ckpt.exists() and not args.resume:
-        raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or delete it")
+    if args.force:
+        ckpt.unlink(missing_ok=True)
+    elif ckpt.exists() and not args.resume:
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or --force to "
+                         "start again")
+    elif out.exists() and not ckpt.exists():
+        return _finished(out)
     t0 = time.perf_counter()
     # the pipeline says what teacher data its phases use
     needs = config.teacher_needs(Objective.of(metric, config.trajectory_weight))
@@ -94,10 +119,13 @@ def cmd_search(args):
           "held-out noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
                        needs["n_grid"])
+    print(f"teacher: done at {time.perf_counter() - t0:.0f} s", flush=True)
     data = _component_data(problem)
     baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
                                    t_start=problem.t_start, t_end=problem.t_end, data=data,
                                    metric=metric)
+    print(f"baselines: {len(baselines) - 1} hand-made schedules, done at "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished step stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -111,11 +139,33 @@ def cmd_search(args):
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished work is in {ckpt}; rerun with --resume", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # the time limit left no candidate
+        print(f"{err}: the teacher and baselines took {time.perf_counter() - t0:.0f} s of "
+              f"the {args.time_limit} s; raise --time-limit (finished work is in {ckpt})",
+              file=sys.stderr)
+        return 1
     atomic_write_json(out, result)
+    # the result holds everything the checkpoint did (continue_search goes on from it)
+    ckpt.unlink(missing_ok=True)
     _print_comparison(result)
     for name, why in result["search"]["skipped"].items():
         print(f"skipped: {name} ({why})")
-    print(f"saved {out}")
+    print(f"saved {out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _finished(out: Path) -> int:
+    """A rerun of a finished search: say where its result is."""
+    from samplax.search import ResultError, load_result
+
+    try:
+        res = load_result(out)
+    except (ResultError, OSError) as err:
+        raise SystemExit(f"{out} exists and is not a search result ({err}); pass --force to "
+                         "overwrite it") from None
+    held = res["objective"]["heldout"]["median_rmse"]
+    print(f"{out} holds a finished search (NFE {res['nfe']}, held-out median RMSE "
+          f"{held:.4g}); pass --force to search again")
     return 0
 
 
@@ -203,8 +253,11 @@ def cmd_sample(args):
     if args.schedule:
         plan = load_plan(args.schedule, problem.schedule)
     else:
-        plan = plan_for_nfe(args.solver, problem.schedule, args.nfe, args.steps,
-                            t_start=problem.t_start, t_end=problem.t_end)
+        try:
+            plan = plan_for_nfe(args.solver, problem.schedule, args.nfe, args.steps,
+                                t_start=problem.t_start, t_end=problem.t_end)
+        except ValueError as err:  # an unknown solver or step schedule, an infeasible NFE
+            raise SystemExit(f"samplax sample: {err}") from None
     x_T = problem.x_T(jax.random.key(args.seed), args.n)
     x = np.asarray(jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, x_T))
     out = Path(args.out)
@@ -288,26 +341,41 @@ def cmd_solvers(args):
 
 
 def main(argv=None):
+    from samplax import __version__
+    from samplax.models.builtin import builtin_problems
+
     ap = argparse.ArgumentParser(prog="samplax", description="Diffusion sampling solvers.")
+    ap.add_argument("--version", action="version", version=f"samplax {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    model_help = (f"a built-in model ({', '.join(builtin_problems())}) or module:function "
+                  "returning a samplax.models.builtin.Problem (default: gmm64)")
 
     s = sub.add_parser("search", help="search the best schedule for a model and NFE budget")
-    s.add_argument("--model", default="gmm64")
-    s.add_argument("--nfe", type=int, required=True)
-    s.add_argument("--out", default="schedule.json")
-    s.add_argument("--checkpoint", default=None, help="default: OUT with .ckpt.json")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--time-limit", type=float, default=None, help="seconds")
-    s.add_argument("--n-cal", type=int, default=256)
+    s.add_argument("--model", default="gmm64", help=model_help)
+    s.add_argument("--nfe", type=int, required=True,
+                   help="the exact budget of network evaluations per sample")
+    s.add_argument("--out", default="schedule.json", help="the result file (JSON)")
+    s.add_argument("--checkpoint", default=None,
+                   help="written after every step (default: OUT with .ckpt.json); removed "
+                        "once the result is saved")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    s.add_argument("--force", action="store_true",
+                   help="search again over an existing result or checkpoint")
+    s.add_argument("--time-limit", type=float, default=None,
+                   help="seconds for the whole command, teacher and baselines included; "
+                        "the phases that do not fit are listed as skipped")
+    s.add_argument("--n-cal", type=int, default=256,
+                   help="calibration noises the search fits (default 256)")
     s.add_argument("--n-fit", type=int, default=None,
                    help="extra calibration noises for the per-coordinate fit (default 2048; "
                         "0: skip it); = --set coordinate_fit.n_fit=N")
-    s.add_argument("--n-eval", type=int, default=1024)
+    s.add_argument("--n-eval", type=int, default=1024,
+                   help="held-out noises the result is reported on (default 1024)")
     s.add_argument("--generations", type=int, default=None,
                    help="generations of the population phase (default 6)")
     s.add_argument("--population", type=int, default=None,
                    help="candidates per generation (default 48)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="the search's seed and the teacher's")
     s.add_argument("--metric", default=None,
                    help="what to minimize: rmse (default, per-sample error against the "
                         "teacher), energy (energy distance to the teacher's samples) or "
@@ -315,27 +383,28 @@ def main(argv=None):
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any setting of a phase, e.g. --set coordinate_fit.iters=0 or "
                         "--set space.afs=[true] (repeatable; see the README's table)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("sample", help="sample with a saved schedule or a named solver")
-    s.add_argument("--model", default="gmm64")
+    s.add_argument("--model", default="gmm64", help=model_help)
     s.add_argument("--schedule", default=None, help="a search result JSON")
-    s.add_argument("--solver", default="dpm_solver_pp_2m")
-    s.add_argument("--nfe", type=int, default=10)
+    s.add_argument("--solver", default="dpm_solver_pp_2m",
+                   help="a registered solver (samplax solvers lists them)")
+    s.add_argument("--nfe", type=int, default=10, help="network evaluations (with --solver)")
     s.add_argument("--steps", default="logsnr", help="step schedule for --solver")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.npy")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    s.add_argument("--out", default="samples.npy", help="samples.npy, or a .png picture")
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("compare", help="hand-made baselines (and a searched schedule)")
-    s.add_argument("--model", default="gmm64")
+    s.add_argument("--model", default="gmm64", help=model_help)
     s.add_argument("--nfe", type=int, default=None,
                    help="default: the searched result's NFE, or 10")
-    s.add_argument("--searched", default=None)
-    s.add_argument("--n", type=int, default=256)
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--searched", default=None, help="a search result JSON to compare")
+    s.add_argument("--n", type=int, default=256, help="held-out noises")
+    s.add_argument("--seed", type=int, default=1, help="seed of the held-out noises")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("solvers", help="list the registered solvers")

@@ -68,10 +68,17 @@ def test_search_writes_a_result_of_the_budget(searched, capsys):
     assert res["objective"]["heldout"]["median_rmse"] < res["baselines"]["best"]["median_rmse"]
     # the per-coordinate fit ran last, on the calibration and fitting noises
     assert res["search"]["coordinate_fit"]["n_noises"] == 16 + 48
-    # a second run refuses to overwrite the checkpoint it left beside the result
-    assert searched.with_suffix(".ckpt.json").exists()
-    with pytest.raises(SystemExit, match="--resume"):
+    # the finished search removed its checkpoint; a rerun says where the result is
+    assert not searched.with_suffix(".ckpt.json").exists()
+    assert main(["search", *SMALL, "--generations", "1", "--out", str(searched)]) == 0
+    assert f"{searched} holds a finished search (NFE 3" in capsys.readouterr().out
+    assert json.loads(searched.read_text()) == res  # untouched
+    # an unfinished checkpoint beside it is refused unless resumed or forced
+    ckpt = searched.with_suffix(".ckpt.json")
+    ckpt.write_text("{}")
+    with pytest.raises(SystemExit, match="--resume to continue it, or --force"):
         main(["search", *SMALL, "--generations", "1", "--out", str(searched)])
+    ckpt.unlink()
 
 
 def test_sample_with_a_searched_schedule(searched, tmp_path, capsys):
@@ -149,3 +156,59 @@ def test_unknown_model_and_solvers_listing(capsys):
         main(["sample", "--model", "nope", "--out", "x.npy"])
     assert main(["solvers"]) == 0
     assert "dpm_solver_pp_2m" in capsys.readouterr().out
+
+
+def test_time_limit_bounds_the_whole_command(tmp_path):
+    """``--time-limit`` is the command's wall time, teacher and baselines included: a
+    default-size search stops within it plus the step under way and the report (a
+    stated 45 s margin: here the first generation, whose compilation dominates, takes
+    15-40 s on 2 busy cores), and lists the phases it skipped."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "samplax.cli", "search", "--model", "gauss64", "--nfe", "3",
+           "--n-cal", "32", "--n-eval", "64", "--n-fit", "64", "--quiet", "--time-limit", "60",
+           "--out", str(out)]
+    t0 = time.time()
+    done = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=300)
+    wall = time.time() - t0
+    assert done.returncode == 0, done.stderr
+    assert wall < 60 + 45, wall
+    res = json.loads(out.read_text())
+    assert any(why.startswith("time limit") for why in res["search"]["skipped"].values())
+    assert "skipped: coordinate_fit (time limit" in done.stdout
+
+
+def test_module_function_models_resolve_from_the_current_directory(tmp_path, monkeypatch,
+                                                                    capsys):
+    (tmp_path / "mymodels.py").write_text(
+        "from samplax.models.builtin import builtin\n"
+        "def problem():\n    return builtin('gauss64')\n"
+        "def wrong():\n    return 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    out = tmp_path / "x.npy"
+    assert main(["sample", "--model", "mymodels:problem", "--n", "3", "--nfe", "4",
+                 "--out", str(out)]) == 0
+    assert np.load(out).shape == (3, 64)
+    for spec, match in [("nomodule:problem", "no module 'nomodule' in the current directory"),
+                        ("mymodels:nope", "has no attribute 'nope'"),
+                        ("mymodels:wrong", "gave a int; it must return a samplax.models"),
+                        ("mymodels:", "expected module:function")]:
+        with pytest.raises(SystemExit, match=match):
+            main(["sample", "--model", spec, "--out", str(out)])
+
+
+def test_version_help_and_solver_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("samplax 0.")
+    with pytest.raises(SystemExit, match="unknown solver 'unipc'; choose one of .*unipc_bh2_3"):
+        main(["sample", "--solver", "unipc", "--out", "x.npy"])
+    with pytest.raises(SystemExit, match="unknown step schedule 'fast'"):
+        main(["sample", "--steps", "fast", "--out", "x.npy"])
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = capsys.readouterr().out
+    assert "gauss64" in text and "digits" in text  # --model lists the built-ins
+    for flag in ("--time-limit", "--resume", "--force", "--n-cal", "--set"):
+        assert flag in text

@@ -31,8 +31,11 @@ class Clock(NamedTuple):
     def elapsed(self) -> float:
         return self.offset + time.perf_counter() - self.start
 
-    def over(self) -> bool:
-        return self.limit is not None and time.perf_counter() - self.start > self.limit
+    def left(self) -> float:
+        """Seconds left before the limit (infinite without one)."""
+        if self.limit is None:
+            return float("inf")
+        return self.limit - (time.perf_counter() - self.start)
 
 
 class Progress:
@@ -76,19 +79,26 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
                progress: Progress | None = None) -> SearchState:
     """Run ``phases`` in order on ``state``: each phase already done is passed over,
     one that says why it does not apply is recorded in ``state.skipped``, the others
-    are stepped until done; ``save(state)`` after every step. Once ``clock`` is over
-    its limit no new step starts, and the phases left are skipped for it."""
+    are stepped until done; ``save(state)`` after every step. No step starts past
+    ``clock``'s limit, nor one that its phase's last step says would end past it; the
+    phases left are skipped for the time limit, with the time they would have needed
+    where a step of theirs was timed."""
     clock = clock or Clock.started(state.seconds)
     skipped = {}
     for phase in phases:
         if phase.done(state):
             continue
-        reason = phase.skip(state, ctx)
+        reason, last = phase.skip(state, ctx), None
         while reason is None and not phase.done(state):
-            if clock.over():
-                reason = "time limit"
+            if clock.left() <= 0 or (last is not None and clock.left() < last):
+                reason = "time limit" + ("" if last is None else
+                                         f" (about {last * phase.steps_left(state, ctx):.0f} s"
+                                         " more)")
                 break
-            state = phase.step(state, ctx)._replace(seconds=clock.elapsed())
+            began = time.perf_counter()
+            state = phase.step(state, ctx)
+            last = time.perf_counter() - began
+            state = state.timed(phase.name, last)._replace(seconds=clock.elapsed())
             if save is not None:
                 save(state)
             if progress is not None:

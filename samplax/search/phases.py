@@ -66,6 +66,10 @@ class Phase:
         """How many steps the phase takes (for progress)."""
         return 1
 
+    def steps_left(self, state: SearchState, ctx) -> int:
+        """How many steps the phase has left on ``state``."""
+        return 0 if self.done(state) else 1
+
     def needs(self, objective) -> dict:
         """Teacher data the phase needs beyond the calibration noises
         (``{"n_fit": n}``: extra fitting noises)."""
@@ -171,9 +175,15 @@ class Population(Phase):
                 "structures": {k: s.best.loss for k, s in state.structures.items()}})
         return state
 
+    def steps_left(self, state, ctx):
+        return sum(self.generations - (state.structures[structure_key(a)].generation
+                                       if structure_key(a) in state.structures else 0)
+                   for a in ctx.space.structures(ctx.nfe))
+
     def progress(self, state) -> str:
-        return ", ".join(f"{k} generation {s.generation}/{self.generations}"
-                         for k, s in state.structures.items())
+        return "; ".join(f"{'with' if s.afs else 'without'} analytical first step: "
+                         f"generation {s.generation}/{self.generations}"
+                         for s in state.structures.values())
 
     def _generation(self, st: Structure, ctx) -> Structure:
         n, orders = ctx.nfe + int(st.afs), ctx.space.orders

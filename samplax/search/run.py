@@ -172,7 +172,8 @@ def continue_search(result: dict, phases, denoiser, schedule, teacher, *,
     # the searched description and its bookkeeping stay the saved result's
     keep = ("timesteps", "steps", "afs", "coefficients", "model_times")
     search = dict(result.get("search") or {}, **{k: out["search"][k] for k in (
-        "plan_tuning", "output_fit", "coordinate_fit", "phases", "skipped")})
+        "plan_tuning", "output_fit", "coordinate_fit", "phases", "skipped",
+        "phase_seconds")})
     return dict(out, **{k: result[k] for k in keep if k in result}, search=search)
 
 

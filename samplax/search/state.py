@@ -79,7 +79,7 @@ class SearchState(NamedTuple):
     best candidate's); ``records`` maps each finished phase to its record;
     ``skipped`` maps the phases this run skipped to the reason (not saved: it is
     decided anew on every run); ``counters`` count candidate evaluations and
-    optimizer steps."""
+    optimizer steps; ``timings`` the seconds spent in each phase."""
 
     ident: dict
     structures: dict
@@ -88,11 +88,16 @@ class SearchState(NamedTuple):
     skipped: dict = {}
     counters: dict = {}
     seconds: float = 0.0
+    timings: dict = {}
 
     @classmethod
     def new(cls, ident: dict) -> SearchState:
         return cls(ident, {}, None, {}, {},
-                   {"population_evaluations": 0, "refinement_steps": 0}, 0.0)
+                   {"population_evaluations": 0, "refinement_steps": 0}, 0.0, {})
+
+    def timed(self, name: str, seconds: float) -> SearchState:
+        return self._replace(timings={**self.timings, name: self.timings.get(name, 0.0)
+                                      + seconds})
 
     def with_structure(self, st: Structure) -> SearchState:
         return self._replace(structures={**self.structures, st.key: st})
@@ -180,7 +185,8 @@ def state_to_json(state: SearchState) -> dict:
     return {"schema": STATE_SCHEMA, "ident": state.ident,
             "structures": {k: _structure_to_json(st) for k, st in state.structures.items()},
             "plan": None if state.plan is None else tuned_plan_to_json(state.plan),
-            "records": state.records, "counters": state.counters, "seconds": state.seconds}
+            "records": state.records, "counters": state.counters, "seconds": state.seconds,
+            "timings": state.timings}
 
 
 def state_from_json(obj: dict, ctx) -> SearchState:
@@ -192,7 +198,7 @@ def state_from_json(obj: dict, ctx) -> SearchState:
     state = SearchState(obj["ident"],
                         {k: _structure_from_json(v) for k, v in obj["structures"].items()},
                         None, dict(obj["records"]), {}, dict(obj["counters"]),
-                        float(obj["seconds"]))
+                        float(obj["seconds"]), dict(obj["timings"]))
     if obj["plan"] is not None:
         best = state.best()
         state = state._replace(plan=with_tuned_plan(ctx.candidate_plan(best[1], best[0].afs),
@@ -239,6 +245,7 @@ def to_result(state: SearchState, ctx, *, objective: dict, config: dict, baselin
             "phases": {k: v for k, v in rec.items()
                        if k not in ("plan_fit", "output_fit", "coordinate_fit")},
             "skipped": state.skipped,
+            "phase_seconds": state.timings,
         },
     }
 
