@@ -249,6 +249,10 @@ def cmd_sample(args):
     from samplax.solvers.executor import sample
     from samplax.solvers.registry import plan_for_nfe
 
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise SystemExit("--out must end in .npy or .png")
+    _check_writable(out, picture=out.suffix == ".png")
     problem = load_problem(args.model)
     if args.schedule:
         plan = load_plan(args.schedule, problem.schedule)
@@ -260,15 +264,26 @@ def cmd_sample(args):
             raise SystemExit(f"samplax sample: {err}") from None
     x_T = problem.x_T(jax.random.key(args.seed), args.n)
     x = np.asarray(jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, x_T))
-    out = Path(args.out)
     if out.suffix == ".npy":
         np.save(out, x)
-    elif out.suffix == ".png":
-        _save_grid(x, out)
     else:
-        raise SystemExit("--out must end in .npy or .png")
+        _save_grid(x, out)
     print(f"{plan.nfe} NFE, {x.shape[0]} samples -> {out}")
     return 0
+
+
+def _check_writable(path: Path, picture: bool) -> None:
+    """Fail before any sampling if ``path`` cannot be written (or drawn)."""
+    if not path.parent.is_dir():
+        raise SystemExit(f"cannot write {path}: no directory {path.parent}")
+    if picture:
+        if path.suffix != ".png":
+            raise SystemExit(f"a picture must be a .png file, got {path}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("drawing a picture needs matplotlib: pip install "
+                             "'samplax[plot]'") from None
 
 
 def _save_grid(x, path):
@@ -298,6 +313,8 @@ def cmd_compare(args):
     _setup_jax()
     from samplax.search import evaluate_baselines, load_result, resize_result
 
+    if args.plot:
+        _check_writable(Path(args.plot), picture=True)
     problem = load_problem(args.model)
     obj = None
     nfe = args.nfe
@@ -329,7 +346,47 @@ def cmd_compare(args):
         result["objective"] = {"heldout": best}
         print(f"best hand-made: {best['name']}")
     _print_comparison(result, label="searched" if obj is not None else None)
+    if args.plot:
+        _plot_against_nfe(problem, teacher, result, Path(args.plot), obj is not None)
     return 0
+
+
+def _plot_against_nfe(problem, teacher, result, path: Path, searched: bool) -> None:
+    """Held-out median RMSE against NFE: each baseline solver on its best step
+    schedule at a few budgets around the compared one, and the searched schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samplax.search import evaluate_baselines
+
+    nfe = result["nfe"]
+    budgets = sorted({max(2, nfe - 2), nfe, nfe + 2, 2 * nfe})
+    curves: dict = {}
+    for n in budgets:
+        base = (result["baselines"] if n == nfe else evaluate_baselines(
+            problem.denoiser, problem.schedule, n, teacher, t_start=problem.t_start,
+            t_end=problem.t_end, data=_component_data(problem)))
+        for name, s in base.items():
+            if name == "best":
+                continue
+            solver = name.split("/")[0]
+            best = curves.setdefault(solver, {})
+            best[n] = min(best.get(n, float("inf")), s["median_rmse"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for solver, pts in sorted(curves.items()):
+        ns = sorted(pts)
+        ax.plot(ns, [pts[n] for n in ns], marker="o", lw=1, ms=3, label=solver)
+    if searched:
+        ax.plot([nfe], [result["objective"]["heldout"]["median_rmse"]], "k*", ms=14,
+                label="searched")
+    ax.set(xlabel="NFE", ylabel="held-out median RMSE", yscale="log",
+           title=f"{problem.name}: error against NFE (best step schedule per solver)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"plot -> {path}")
 
 
 def cmd_solvers(args):
@@ -405,6 +462,9 @@ def main(argv=None):
     s.add_argument("--searched", default=None, help="a search result JSON to compare")
     s.add_argument("--n", type=int, default=256, help="held-out noises")
     s.add_argument("--seed", type=int, default=1, help="seed of the held-out noises")
+    s.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="also draw the error against NFE (baselines and the searched "
+                        "schedule)")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("solvers", help="list the registered solvers")

@@ -212,3 +212,30 @@ def test_version_help_and_solver_names(capsys):
     assert "gauss64" in text and "digits" in text  # --model lists the built-ins
     for flag in ("--time-limit", "--resume", "--force", "--n-cal", "--set"):
         assert flag in text
+
+
+def test_pictures_are_checked_before_sampling_and_drawn(searched, tmp_path, capsys):
+    """``compare --plot`` draws the error against NFE, ``sample --out x.png`` a grid of
+    image-shaped samples or a scatter of 2-d ones; an unwritable picture fails before
+    any sampling."""
+    import matplotlib.image
+
+    plot = tmp_path / "nfe.png"
+    assert main(["compare", "--model", "gauss64", "--searched", str(searched), "--n", "32",
+                 "--plot", str(plot)]) == 0
+    assert f"plot -> {plot}" in capsys.readouterr().out
+    h, w = matplotlib.image.imread(plot).shape[:2]
+    assert h > 200 and w > 300
+    for model, side in (("gauss64", 100), ("gmm2d", 200)):
+        grid = tmp_path / f"{model}.png"
+        assert main(["sample", "--model", model, "--n", "16", "--nfe", "4",
+                     "--out", str(grid)]) == 0
+        h, w = matplotlib.image.imread(grid).shape[:2]
+        assert h > side and w > side, (model, h, w)
+    t0 = time.perf_counter()
+    for argv, match in [(["sample", "--out", str(tmp_path / "no" / "x.png")], "no directory"),
+                        (["compare", "--plot", str(tmp_path / "x.jpg")], "must be a .png"),
+                        (["sample", "--out", str(tmp_path / "x.txt")], ".npy or .png")]:
+        with pytest.raises(SystemExit, match=match):
+            main(argv + ["--model", "gmm64"])
+    assert time.perf_counter() - t0 < 5  # refused before any sampling
