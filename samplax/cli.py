@@ -88,7 +88,10 @@ def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0):
 
 
 def _component_data(problem):
-    return problem.data if hasattr(problem.data, "component") else None
+    """The data model if the summaries can use it (mixture components, or its own
+    quality measure such as the digits' feature FD)."""
+    d = problem.data
+    return d if hasattr(d, "component") or hasattr(d, "quality") else None
 
 
 def cmd_search(args):
@@ -222,17 +225,22 @@ def _print_comparison(result, label="searched"):
     if met:
         rows.sort(key=lambda kv: kv[1]["metric"])
     rows = rows[: 9 if label else 8]
-    # a wrong-component column only for data with mixture components
+    # a wrong-component column only for data with mixture components, a feature-FD
+    # column for data that measures it (the digits)
     comp = all("wrong_component" in v for _, v in rows)
+    fd = all("fd" in v for _, v in rows)
     print(f"\nNFE {result['nfe']} — held-out per-sample RMSE"
           + (" (wrong-component share)" if comp else "")
+          + (", the feature Fréchet distance to the data" if fd else "")
           + (f", and the searched metric ({metric['name']})" if met else ""))
     print("| schedule | median RMSE | mean RMSE |" + (" wrong component |" if comp else "")
-          + (f" {metric['name']} |" if met else ""))
-    print("|---|---:|---:|" + ("---:|" if comp else "") + ("---:|" if met else ""))
+          + (" feature FD |" if fd else "") + (f" {metric['name']} |" if met else ""))
+    print("|---|---:|---:|" + ("---:|" if comp else "") + ("---:|" if fd else "")
+          + ("---:|" if met else ""))
     for k, v in rows:
         print(f"| {k} | {v['median_rmse']:.4g} | {v['mean_rmse']:.4g} |"
               + (f" {v['wrong_component']:.3f} |" if comp else "")
+              + (f" {v['fd']:.3f} |" if fd else "")
               + (f" {v['metric']:.4g} |" if met else ""))
     s = result.get("search", {})
     if s:

@@ -16,7 +16,9 @@ def per_sample_rmse(x, ref):
 
 
 def error_summary(x, ref, data=None) -> dict:
-    """Median / mean per-sample RMSE and, for a mixture, the wrong-component share.
+    """Median / mean per-sample RMSE and, for a mixture, the wrong-component share;
+    for a data model with its own quality measure (``data.quality(x) -> {name:
+    value}``, e.g. the digits' feature Fréchet distance) that too.
 
     The mean is dominated by the few samples that end in another mixture
     component, so the median is the headline number (REFERENCES.md, "Honest
@@ -27,6 +29,8 @@ def error_summary(x, ref, data=None) -> dict:
     if data is not None and hasattr(data, "component"):
         wrong = np.asarray(data.component(x) != data.component(ref))
         out["wrong_component"] = float(np.mean(wrong))
+    if data is not None and hasattr(data, "quality"):
+        out.update(data.quality(x))
     return out
 
 

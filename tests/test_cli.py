@@ -239,3 +239,25 @@ def test_pictures_are_checked_before_sampling_and_drawn(searched, tmp_path, caps
         with pytest.raises(SystemExit, match=match):
             main(argv + ["--model", "gmm64"])
     assert time.perf_counter() - t0 < 5  # refused before any sampling
+
+
+def test_the_models_own_quality_measure_is_shown_beside_the_rmse(capsys):
+    """Data with a ``quality`` measure (the digits' feature FD) gets it in every
+    summary and a column in the comparison table."""
+    from samplax.cli import _print_comparison
+    from samplax.metrics import error_summary
+    from samplax.models.digits import DigitsData, digits_data
+
+    class Scored:
+        def quality(self, x):
+            return {"fd": float(np.sum(x))}
+
+    s = error_summary(np.ones((3, 2)), np.zeros((3, 2)), Scored())
+    assert s == {"median_rmse": 1.0, "mean_rmse": 1.0, "fd": 6.0}
+    real = digits_data()[:200]
+    assert DigitsData().quality(real)["fd"] < DigitsData().quality(real[:, ::-1])["fd"]
+    row = lambda m, fd: {"median_rmse": m, "mean_rmse": 2 * m, "fd": fd}  # noqa: E731
+    _print_comparison({"nfe": 5, "objective": {"heldout": row(0.01, 0.4)},
+                       "baselines": {"a/b": row(0.03, 0.9), "best": row(0.03, 0.9)}})
+    out = capsys.readouterr().out
+    assert "| feature FD |" in out and "| searched | 0.01 | 0.02 | 0.400 |" in out

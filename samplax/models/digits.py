@@ -232,8 +232,9 @@ class DigitsData:
 
     Like :class:`~samplax.models.gaussian.GaussianMixture` it has ``dim``,
     ``denoiser(schedule)`` (here the learned one) and ``sample(key, n)`` (here real
-    digits drawn with replacement); it has no ``component`` (compare sample sets with
-    :func:`samplax.models.digits_features.frechet_distance` instead).
+    digits drawn with replacement); it has no ``component``, and its ``quality`` is the
+    feature Fréchet distance to the digits
+    (:func:`samplax.models.digits_features.frechet_distance`).
     """
 
     dim = DATA_DIM
@@ -244,6 +245,13 @@ class DigitsData:
     def sample(self, key, n: int):
         x = jnp.asarray(digits_data())
         return x[jax.random.randint(key, (n,), 0, x.shape[0])]
+
+    def quality(self, x) -> dict:
+        """``{"fd": ...}``: the feature Fréchet distance of samples ``x`` to the 1797
+        digits (:func:`samplax.models.digits_features.frechet_distance`)."""
+        from samplax.models.digits_features import frechet_distance
+
+        return {"fd": frechet_distance(x, digits_data())}
 
     def __repr__(self) -> str:
         return "DigitsData()"
