@@ -79,12 +79,33 @@ def load_metric(spec: str | None):
     return obj
 
 
-def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0):
+def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True):
     from samplax.search import make_teacher
+    from samplax.search.driver import Progress
 
-    return make_teacher(problem.denoiser, problem.schedule, problem.x_T, problem.t_start,
-                        problem.t_end, n_cal=n_cal, n_eval=n_eval, n_fit=n_fit,
-                        n_grid=n_grid, seed=seed)
+    bar = Progress(n_cal + n_eval + n_fit, "teacher", progress, unit="noise")
+    try:
+        return make_teacher(problem.denoiser, problem.schedule, problem.x_T,
+                            problem.t_start, problem.t_end, n_cal=n_cal, n_eval=n_eval,
+                            n_fit=n_fit, n_grid=n_grid, seed=seed,
+                            progress=lambda n: bar.update(n=n))
+    finally:
+        bar.close()
+
+
+def _baselines(problem, nfe, teacher, progress=True, **kw):
+    from samplax.search import evaluate_baselines
+    from samplax.search.driver import Progress
+    from samplax.solvers.registry import BASELINE_SOLVERS
+
+    bar = Progress(len(BASELINE_SOLVERS), f"baselines at NFE {nfe}", progress, unit="solver")
+    try:
+        return evaluate_baselines(problem.denoiser, problem.schedule, nfe, teacher,
+                                  t_start=problem.t_start, t_end=problem.t_end,
+                                  data=_component_data(problem),
+                                  progress=lambda name: bar.update(name), **kw)
+    finally:
+        bar.close()
 
 
 def _component_data(problem):
@@ -96,7 +117,7 @@ def _component_data(problem):
 
 def cmd_search(args):
     _setup_jax()
-    from samplax.search import atomic_write_json, evaluate_baselines, search
+    from samplax.search import atomic_write_json, search
     from samplax.search.context import Objective
 
     # bad options fail here, before minutes of teacher and baselines
@@ -121,14 +142,9 @@ def cmd_search(args):
     print(f"teacher: {args.n_cal} calibration + {needs['n_fit']} fitting + {args.n_eval} "
           "held-out noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
-                       needs["n_grid"])
-    print(f"teacher: done at {time.perf_counter() - t0:.0f} s", flush=True)
+                       needs["n_grid"], progress=not args.quiet)
     data = _component_data(problem)
-    baselines = evaluate_baselines(problem.denoiser, problem.schedule, args.nfe, teacher,
-                                   t_start=problem.t_start, t_end=problem.t_end, data=data,
-                                   metric=metric)
-    print(f"baselines: {len(baselines) - 1} hand-made schedules, done at "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished step stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -319,7 +335,7 @@ def _save_grid(x, path):
 
 def cmd_compare(args):
     _setup_jax()
-    from samplax.search import evaluate_baselines, load_result, resize_result
+    from samplax.search import load_result, resize_result
 
     if args.plot:
         _check_writable(Path(args.plot), picture=True)
@@ -334,10 +350,8 @@ def cmd_compare(args):
             obj = resize_result(obj, nfe, problem.schedule)
     elif nfe is None:
         nfe = 10
-    teacher = _teacher(problem, 8, args.n, args.seed)
-    result = {"nfe": nfe, "baselines": evaluate_baselines(
-        problem.denoiser, problem.schedule, nfe, teacher, t_start=problem.t_start,
-        t_end=problem.t_end, data=_component_data(problem))}
+    teacher = _teacher(problem, 8, args.n, args.seed, progress=not args.quiet)
+    result = {"nfe": nfe, "baselines": _baselines(problem, nfe, teacher, not args.quiet)}
     if obj is not None:
         import jax
 
@@ -355,11 +369,13 @@ def cmd_compare(args):
         print(f"best hand-made: {best['name']}")
     _print_comparison(result, label="searched" if obj is not None else None)
     if args.plot:
-        _plot_against_nfe(problem, teacher, result, Path(args.plot), obj is not None)
+        _plot_against_nfe(problem, teacher, result, Path(args.plot), obj is not None,
+                          not args.quiet)
     return 0
 
 
-def _plot_against_nfe(problem, teacher, result, path: Path, searched: bool) -> None:
+def _plot_against_nfe(problem, teacher, result, path: Path, searched: bool,
+                      progress: bool) -> None:
     """Held-out median RMSE against NFE: each baseline solver on its best step
     schedule at a few budgets around the compared one, and the searched schedule."""
     import matplotlib
@@ -367,15 +383,12 @@ def _plot_against_nfe(problem, teacher, result, path: Path, searched: bool) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samplax.search import evaluate_baselines
 
     nfe = result["nfe"]
     budgets = sorted({max(2, nfe - 2), nfe, nfe + 2, 2 * nfe})
     curves: dict = {}
     for n in budgets:
-        base = (result["baselines"] if n == nfe else evaluate_baselines(
-            problem.denoiser, problem.schedule, n, teacher, t_start=problem.t_start,
-            t_end=problem.t_end, data=_component_data(problem)))
+        base = result["baselines"] if n == nfe else _baselines(problem, n, teacher, progress)
         for name, s in base.items():
             if name == "best":
                 continue
@@ -470,6 +483,7 @@ def main(argv=None):
     s.add_argument("--searched", default=None, help="a search result JSON to compare")
     s.add_argument("--n", type=int, default=256, help="held-out noises")
     s.add_argument("--seed", type=int, default=1, help="seed of the held-out noises")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--plot", default=None, metavar="OUT.png",
                    help="also draw the error against NFE (baselines and the searched "
                         "schedule)")

@@ -19,7 +19,7 @@ from samplax.solvers.registry import BASELINE_SOLVERS, STEP_SCHEDULES, get_solve
 
 def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_start, t_end,
                        data=None, solvers=BASELINE_SOLVERS, step_schedules=tuple(STEP_SCHEDULES),
-                       metric=None):
+                       metric=None, progress=None):
     """Held-out error of every (solver, step schedule) pair that spends exactly ``nfe``.
 
     Returns ``{"solver/schedule": summary}`` plus ``"best"``: the pair with the
@@ -27,12 +27,15 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
     held-out set itself, in the baselines' favour). With a ``metric`` (a name or a
     function, :func:`samplax.search.objective.resolve_metric`), each summary also
     has its held-out value as ``"metric"``, and ``"best"`` is the lowest in it.
+    ``progress(name)`` is called before each solver.
     """
     fn = None if metric is None else resolve_metric(metric)[1]
     run = jax.jit(lambda plan, x: sample(denoiser, plan, x))
     out = {}
     for name in solvers:
         spec = get_solver(name)
+        if progress is not None:
+            progress(name)
         try:
             n = steps_for_nfe(spec, nfe, reaches_zero_noise(schedule, jnp.asarray(t_end)))
         except ValueError:

@@ -9,6 +9,7 @@ step and, with the same settings, reaches the same result.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -39,26 +40,30 @@ class Clock(NamedTuple):
 
 
 class Progress:
-    """One line per step on the terminal (a tqdm bar when tqdm is installed)."""
+    """Progress of a long step, on stderr: a tqdm bar (elapsed time, estimate) on a
+    terminal, one plain line per update elsewhere (logs stay clean), nothing when
+    disabled."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.bar, self.enabled = None, enabled
-        if enabled:
+    def __init__(self, total: int, desc: str, enabled: bool = True, unit: str = "step"):
+        self.bar, self.enabled, self.desc = None, enabled, desc
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        if enabled and sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, desc="search", unit="step")
-            except ImportError:  # tqdm is an optional extra
+                self.bar = tqdm(total=total, desc=desc, unit=unit)
+            except ImportError:  # then plain lines
                 self.bar = None
 
-    def update(self, phase: str, note: str, loss: float | None, seconds: float) -> None:
-        best = "" if loss is None else f"best calibration loss {loss:.4g}"
+    def update(self, note: str = "", n: int = 1, desc: str | None = None) -> None:
+        self.done += n
         if self.bar is not None:
-            self.bar.set_description(phase)
-            self.bar.set_postfix_str(f"{note} {best}".strip())
-            self.bar.update(1)
+            self.bar.set_description(desc or self.desc)
+            self.bar.set_postfix_str(note)
+            self.bar.update(n)
         elif self.enabled:
-            print(f"[search {seconds:.0f} s] {phase}{' ' + note if note else ''}: {best}",
+            print(f"[{desc or self.desc} {time.perf_counter() - self.start:.0f} s, "
+                  f"{self.done}/{self.total}]{' ' + note if note else ''}", file=sys.stderr,
                   flush=True)
 
     def close(self) -> None:
@@ -102,8 +107,11 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
             if save is not None:
                 save(state)
             if progress is not None:
-                progress.update(phase.name, phase.progress(state), _loss(state, phase.name),
-                                state.seconds)
+                loss = _loss(state, phase.name)
+                note = phase.progress(state)
+                if loss is not None:
+                    note = f"{note}{'; ' if note else ''}best calibration loss {loss:.4g}"
+                progress.update(note, desc=phase.name)
         if reason is not None:
             skipped[phase.name] = reason
     return state._replace(skipped=skipped, seconds=clock.elapsed())

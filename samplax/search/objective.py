@@ -47,7 +47,8 @@ class Teacher(NamedTuple):
 
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
-                 n_fit=0, n_grid=0, seed=0, solve=None, batch=512) -> Teacher:
+                 n_fit=0, n_grid=0, seed=0, solve=None, batch=512,
+                 progress: Callable[[int], None] | None = None) -> Teacher:
     """Draw disjoint calibration/evaluation noises and solve the PF-ODE for each.
 
     ``x_T(key, n)`` draws initial states; ``solve(x) -> x_end`` defaults to the
@@ -57,6 +58,7 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     noises' reference trajectories at that many half log-SNRs, uniform from
     ``t_start`` to ``t_end`` (capped at :data:`~samplax.models.reference.LAM_CAP`),
     with their derivatives, for :func:`teacher_states` (needs the default ``solve``).
+    ``progress(n)`` is called after each batch of ``n`` noises solved.
     """
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
     if solve is None:
@@ -67,7 +69,12 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
             return reference_solve(denoiser, schedule, x, ts)[-1]
 
     def run(x):
-        return jnp.concatenate([solve(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+        out = []
+        for i in range(0, x.shape[0], batch):
+            out.append(solve(x[i:i + batch]))
+            if progress is not None:
+                progress(out[-1].shape[0])
+        return jnp.concatenate(out)
 
     x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
     if n_fit < 0 or n_grid < 0 or n_grid == 1:

@@ -72,7 +72,7 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
             ``resume`` an existing one (of the same problem and config) is continued.
         time_limit: seconds; once exceeded no new step starts, the phases left are
             recorded as skipped, and the best so far is reported.
-        progress: print progress (a tqdm bar if installed).
+        progress: show progress (a bar on a terminal, plain lines elsewhere).
         data: the data model, if it can tell mixture components (reported).
         baselines: held-out summaries of hand-made solvers to record beside the
             result (:func:`samplax.search.baselines.evaluate_baselines`).
@@ -100,7 +100,7 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
         state = _load_checkpoint(checkpoint, ident, ctx)
     save = None if checkpoint is None else (
         lambda s: atomic_write_json(checkpoint, state_to_json(s)))
-    bar = Progress(sum(p.units(ctx) for p in config.phases), progress)
+    bar = Progress(sum(p.units(ctx) for p in config.phases), "search", progress)
     try:
         state = run_phases(config.phases, state, ctx, save=save, progress=bar,
                            clock=Clock.started(state.seconds, time_limit))
