@@ -173,6 +173,23 @@ def cmd_search(args):
     return 0
 
 
+def _load_result(path):
+    from samplax.search import ResultError, load_result
+
+    try:
+        return load_result(path)
+    except (ResultError, OSError) as err:
+        raise SystemExit(f"cannot use {path}: {err}") from None
+
+
+def _check_model(obj: dict, args) -> dict:
+    """Refuse a schedule searched for another model, unless ``--other-model``."""
+    if obj.get("model") not in (None, args.model) and not args.other_model:
+        raise SystemExit(f"this schedule was searched for --model {obj['model']}, not "
+                         f"{args.model}; pass --other-model to use it anyway")
+    return obj
+
+
 def _finished(out: Path) -> int:
     """A rerun of a finished search: say where its result is."""
     from samplax.search import ResultError, load_result
@@ -279,6 +296,7 @@ def cmd_sample(args):
     _check_writable(out, picture=out.suffix == ".png")
     problem = load_problem(args.model)
     if args.schedule:
+        _check_model(_load_result(args.schedule), args)
         plan = load_plan(args.schedule, problem.schedule)
     else:
         try:
@@ -335,7 +353,7 @@ def _save_grid(x, path):
 
 def cmd_compare(args):
     _setup_jax()
-    from samplax.search import load_result, resize_result
+    from samplax.search import resize_result
 
     if args.plot:
         _check_writable(Path(args.plot), picture=True)
@@ -343,7 +361,7 @@ def cmd_compare(args):
     obj = None
     nfe = args.nfe
     if args.searched:
-        obj = load_result(args.searched)
+        obj = _check_model(_load_result(args.searched), args)
         # compare at the searched budget unless told otherwise (then resized to it)
         nfe = obj["nfe"] if nfe is None else nfe
         if nfe != obj["nfe"]:
@@ -467,6 +485,8 @@ def main(argv=None):
     s = sub.add_parser("sample", help="sample with a saved schedule or a named solver")
     s.add_argument("--model", default="gmm64", help=model_help)
     s.add_argument("--schedule", default=None, help="a search result JSON")
+    s.add_argument("--other-model", action="store_true",
+                   help="use a schedule searched for another model")
     s.add_argument("--solver", default="dpm_solver_pp_2m",
                    help="a registered solver (samplax solvers lists them)")
     s.add_argument("--nfe", type=int, default=10, help="network evaluations (with --solver)")
@@ -481,6 +501,8 @@ def main(argv=None):
     s.add_argument("--nfe", type=int, default=None,
                    help="default: the searched result's NFE, or 10")
     s.add_argument("--searched", default=None, help="a search result JSON to compare")
+    s.add_argument("--other-model", action="store_true",
+                   help="compare a schedule searched for another model")
     s.add_argument("--n", type=int, default=256, help="held-out noises")
     s.add_argument("--seed", type=int, default=1, help="seed of the held-out noises")
     s.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.search.basis import check_basis
-from samplax.solvers.usf import Step, usf
+from samplax.solvers.usf import MAX_ORDER, Step, usf
 
 SCHEMA = "samplax.search/1"
 
@@ -54,13 +54,11 @@ def load_result(path) -> dict:
                           f"{SCHEMA!r})")
     need = {"nfe": int, "timesteps": list, "steps": list, "afs": bool}
     for key, typ in need.items():
-        if not isinstance(obj.get(key), typ):
-            raise ResultError(f"{path}: field {key!r} missing or not a {typ.__name__}")
-    try:
-        steps = [Step(str(s["prediction"]), int(s["order"]), bool(s["corrector"]))
-                 for s in obj["steps"]]
-    except (KeyError, TypeError) as e:
-        raise ResultError(f"{path}: malformed step choice ({e})") from None
+        value = obj.get(key)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ResultError(f"{path}: field {key!r} missing or not a {typ.__name__} "
+                              f"(got {value!r})")
+    steps = [_step(path, i, s) for i, s in enumerate(obj["steps"])]
     if len(obj["timesteps"]) != len(steps) + 1:
         raise ResultError(f"{path}: {len(obj['timesteps'])} timesteps for {len(steps)} steps")
     if len(steps) - int(obj["afs"]) != obj["nfe"]:
@@ -69,13 +67,49 @@ def load_result(path) -> dict:
     return obj
 
 
-def plan_from_result(obj: dict, schedule):
-    """The plan a result describes, on ``schedule`` (checked against the recorded one)."""
+def _step(path, i: int, s) -> Step:
+    """Step ``i`` of a result, its fields' JSON types checked (a string is not a bool,
+    3.7 is not an order)."""
+    if not isinstance(s, dict) or set(s) != {"prediction", "order", "corrector"}:
+        raise ResultError(f"{path}: steps[{i}] must have exactly the fields prediction, "
+                          f"order, corrector; got {s!r}")
+    pred, order, corr = s["prediction"], s["order"], s["corrector"]
+    if pred not in ("data", "noise"):
+        raise ResultError(f"{path}: steps[{i}].prediction must be 'data' or 'noise', got "
+                          f"{pred!r}")
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
+        raise ResultError(f"{path}: steps[{i}].order must be an integer in 1..{MAX_ORDER}, "
+                          f"got {order!r}")
+    if not isinstance(corr, bool):
+        raise ResultError(f"{path}: steps[{i}].corrector must be true or false, got {corr!r}")
+    return Step(pred, order, corr)
+
+
+def check_result_schedule(obj: dict, schedule) -> None:
+    """Refuse a result searched for another noise schedule: the class and every scalar
+    field recorded (:func:`schedule_description`) must match ``schedule``'s."""
     rec = obj.get("schedule")
-    if rec is not None and rec.get("class") != type(schedule).__name__:
-        raise ResultError(
-            f"result was searched for a {rec.get('class')} schedule, got {type(schedule).__name__}"
-        )
+    if rec is None:
+        return
+    got = schedule_description(schedule)
+    if rec.get("class") != got["class"]:
+        raise ResultError(f"result was searched for a {rec.get('class')} schedule, got "
+                          f"{got['class']}")
+    for k, v in (rec.get("fields") or {}).items():
+        mine = got["fields"].get(k)
+        same = (mine == v if not isinstance(v, float) or not isinstance(mine, int | float)
+                else abs(mine - v) <= 1e-12 * max(abs(v), 1.0))
+        if not same:
+            raise ResultError(f"result was searched for {rec['class']}({k}={v!r}), this "
+                              f"schedule has {k}={mine!r}; pass check_schedule=False to "
+                              "use it anyway")
+
+
+def plan_from_result(obj: dict, schedule, *, check: bool = True):
+    """The plan a result describes, on ``schedule`` (checked against the recorded one
+    unless ``check=False``)."""
+    if check:
+        check_result_schedule(obj, schedule)
     coefs = obj.get("coefficients")
     mt = obj.get("model_times")
     plan = usf(schedule, jnp.asarray(obj["timesteps"]), obj["_steps"], afs=obj["afs"],
@@ -224,10 +258,14 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
     return out
 
 
-def load_plan(path, schedule, nfe: int | None = None):
+def load_plan(path, schedule, nfe: int | None = None, *, check_schedule: bool = True):
     """Load a searched schedule saved by :func:`samplax.search.search` as a plan;
-    with ``nfe``, moved to that budget by :func:`resize_result`."""
+    with ``nfe``, moved to that budget by :func:`resize_result`. A result searched for
+    another noise schedule (class or parameters) is refused unless
+    ``check_schedule=False``."""
     obj = load_result(path)
+    if check_schedule:
+        check_result_schedule(obj, schedule)
     if nfe is not None and nfe != obj["nfe"]:
         obj = resize_result(obj, nfe, schedule)
-    return plan_from_result(obj, schedule)
+    return plan_from_result(obj, schedule, check=False)

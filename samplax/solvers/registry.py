@@ -158,11 +158,26 @@ def steps_for_nfe(spec: SolverSpec, nfe: int, to_zero: bool = False) -> int:
     """The number of steps at which ``spec`` costs exactly ``nfe`` evaluations.
 
     ``to_zero``: the run ends at ``sigma = 0`` (see :attr:`SolverSpec.saved_at_zero`).
+    Every registered cost grows with the steps (tests/test_bad_input.py checks it),
+    so the answer is found by bisection: a huge infeasible budget fails at once.
     """
-    for n in range(spec.min_steps, 4 * nfe + 10):
-        if spec.cost(n, to_zero) == nfe:
-            return n
-    feasible = sorted({spec.cost(n, to_zero) for n in range(spec.min_steps, nfe + 10)})
+    if isinstance(nfe, bool) or not isinstance(nfe, int | np.integer):
+        raise TypeError(f"nfe must be an integer, got {nfe!r}")
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    lo, hi = spec.min_steps, spec.min_steps
+    while spec.cost(hi, to_zero) < nfe and hi <= 4 * nfe + 10:
+        lo, hi = hi, 2 * hi
+    while lo < hi:  # the fewest steps that cost at least nfe
+        mid = (lo + hi) // 2
+        if spec.cost(mid, to_zero) < nfe:
+            lo = mid + 1
+        else:
+            hi = mid
+    if spec.cost(lo, to_zero) == nfe:
+        return lo
+    near = range(max(spec.min_steps, lo - 6), lo + 7)
+    feasible = sorted({spec.cost(n, to_zero) for n in near})
     raise ValueError(
         f"{spec.name} cannot spend exactly {nfe} NFE"
         f"{' when ending at sigma = 0' if to_zero else ''}; feasible budgets near it: "

@@ -1,0 +1,94 @@
+"""Bad input gets a clear, early error: infeasible budgets at once, result files
+checked field by field, results refused on another schedule or model."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from samplax.cli import main
+from samplax.schedules import VPLinear
+from samplax.search import ResultError, load_plan, load_result
+from samplax.solvers.registry import SOLVERS, steps_for_nfe
+
+SAVED = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+            / "search_gmm64_nfe5.json")
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_registered_cost_grows_with_the_steps(name):
+    """What lets ``steps_for_nfe`` bisect instead of scanning every step count."""
+    spec = SOLVERS[name]
+    for to_zero in (False, True):
+        costs = [spec.cost(n, to_zero) for n in range(spec.min_steps, 200)]
+        assert all(b > a for a, b in zip(costs, costs[1:])), (name, to_zero)
+
+
+def test_infeasible_budgets_fail_at_once():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="heun cannot spend exactly 1000000000 NFE; feasible "
+                                         "budgets near it: .*999999999, 1000000001"):
+        steps_for_nfe(SOLVERS["heun"], 10**9)
+    assert time.perf_counter() - t0 < 0.5
+    assert steps_for_nfe(SOLVERS["heun"], 10**9 + 1) == 500_000_001
+    for bad, err, match in [(5.0, TypeError, "nfe must be an integer, got 5.0"),
+                            (True, TypeError, "nfe must be an integer"),
+                            (0, ValueError, "nfe must be >= 1, got 0")]:
+        with pytest.raises(err, match=match):
+            steps_for_nfe(SOLVERS["ddim"], bad)
+
+
+def _broken(tmp_path, change):
+    obj = json.loads(open(SAVED).read())
+    change(obj)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("corrector", "false", r"steps\[0\].corrector must be true or false, got 'false'"),
+    ("corrector", 0, r"steps\[0\].corrector must be true or false, got 0"),
+    ("order", 3.7, r"steps\[0\].order must be an integer in 1..4, got 3.7"),
+    ("order", True, r"steps\[0\].order must be an integer in 1..4, got True"),
+    ("order", 9, r"steps\[0\].order must be an integer in 1..4, got 9"),
+    ("prediction", "x0", r"steps\[0\].prediction must be 'data' or 'noise', got 'x0'"),
+])
+def test_result_steps_are_checked_strictly(tmp_path, field, value, match):
+    path = _broken(tmp_path, lambda o: o["steps"][0].update({field: value}))
+    with pytest.raises(ResultError, match=match):
+        load_result(path)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda o: o.update(nfe=5.0), "field 'nfe' missing or not a int"),
+    (lambda o: o.update(nfe=True), "field 'nfe' missing or not a int"),
+    (lambda o: o.update(afs="false"), "field 'afs' missing or not a bool"),
+    (lambda o: o["steps"][0].pop("order"), r"steps\[0\] must have exactly the fields"),
+    (lambda o: o["steps"].__setitem__(0, "data"), r"steps\[0\] must have exactly"),
+])
+def test_result_fields_are_checked_strictly(tmp_path, change, match):
+    with pytest.raises(ResultError, match=match):
+        load_result(_broken(tmp_path, change))
+
+
+def test_a_result_is_refused_on_another_schedule():
+    with pytest.raises(ResultError, match=r"searched for VPLinear\(beta_max=20.0\), this "
+                                          "schedule has beta_max=10.0"):
+        load_plan(SAVED, VPLinear(beta_max=10.0))
+    assert load_plan(SAVED, VPLinear(beta_max=10.0), check_schedule=False).nfe == 5
+    assert load_plan(SAVED, VPLinear()).nfe == 5
+
+
+def test_the_cli_refuses_a_schedule_of_another_model(tmp_path, capsys):
+    out = str(tmp_path / "x.npy")
+    with pytest.raises(SystemExit, match="searched for --model gmm64, not gauss64; pass "
+                                         "--other-model"):
+        main(["sample", "--model", "gauss64", "--schedule", SAVED, "--out", out])
+    with pytest.raises(SystemExit, match="searched for --model gmm64, not gauss64"):
+        main(["compare", "--model", "gauss64", "--searched", SAVED])
+    assert main(["sample", "--model", "gauss64", "--schedule", SAVED, "--other-model",
+                 "--n", "4", "--out", out]) == 0
+    with pytest.raises(SystemExit, match="cannot use .*not a JSON file"):
+        main(["sample", "--schedule", __file__, "--out", out])
