@@ -27,20 +27,18 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
     held-out set itself, in the baselines' favour). With a ``metric`` (a name or a
     function, :func:`samplax.search.objective.resolve_metric`), each summary also
     has its held-out value as ``"metric"``, and ``"best"`` is the lowest in it.
-    ``progress(name)`` is called before each solver.
+    ``progress(name)`` is called after each solver.
     """
     fn = None if metric is None else resolve_metric(metric)[1]
     run = jax.jit(lambda plan, x: sample(denoiser, plan, x))
     out = {}
     for name in solvers:
         spec = get_solver(name)
-        if progress is not None:
-            progress(name)
         try:
             n = steps_for_nfe(spec, nfe, reaches_zero_noise(schedule, jnp.asarray(t_end)))
         except ValueError:
-            continue
-        for sname in step_schedules:
+            n = None
+        for sname in step_schedules if n is not None else ():
             ts = STEP_SCHEDULES[sname](schedule, n, t_start, t_end)
             try:
                 plan = spec.build(schedule, ts)
@@ -52,6 +50,8 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
                 res["metric"] = float(fn(samples, teacher.ref_eval))
             if np.isfinite(res["median_rmse"]):
                 out[f"{name}/{sname}"] = res
+        if progress is not None:
+            progress(name)
     if out:
         best = min(out, key=lambda k: out[k]["median_rmse" if fn is None else "metric"])
         out["best"] = {"name": best, **out[best]}
