@@ -33,7 +33,7 @@ def float32():
 # The longest files (search fixtures, CLI subprocesses, notebooks) run first: with
 # `--dist loadfile` each worker takes whole files in collection order, and a long file
 # taken last leaves the other worker idle until it ends.
-_LONG_FILES = ("test_cli.py", "test_coordinate_fit.py", "search.ipynb",
+_LONG_FILES = ("test_cli.py", "test_cli_output.py", "test_coordinate_fit.py", "search.ipynb",
                "test_search_metric.py", "test_search.py", "test_search_trajectory.py",
                "quickstart.ipynb", "guidance.ipynb")
 
