@@ -8,6 +8,7 @@
 """
 
 from samplax import guidance, metrics, models, schedules, solvers
+from samplax.presets import PRESETS, Preset, comfyui_preset, diffusers_preset
 from samplax.solvers import (
     SOLVERS,
     BrownianNoise,
@@ -54,20 +55,24 @@ from samplax.solvers import (
 )
 
 __all__ = [
+    "PRESETS",
     "SOLVERS",
     "BrownianNoise",
     "Choices",
     "Plan",
     "PlanBuilder",
+    "Preset",
     "RestartInterval",
     "Segments",
     "Step",
+    "comfyui_preset",
     "compute_ems",
     "dc_unipc",
     "ddim",
     "ddim_eta",
     "ddpm",
     "deis",
+    "diffusers_preset",
     "dpm_solver",
     "dpm_solver_fast",
     "dpm_solver_pp",
