@@ -124,6 +124,15 @@ def cmd_search(args):
     for name, least in (("n_cal", 1), ("n_eval", 1), ("n_fit", 0)):
         if getattr(args, name) is not None and getattr(args, name) < least:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}")
+    if args.times_only != (args.solver is not None):
+        raise SystemExit("--times-only and --solver NAME go together: the times of one "
+                         "registered solver (samplax solvers lists them)")
+    if args.solver is not None:
+        from samplax.solvers.registry import SOLVERS
+
+        if args.solver not in SOLVERS:
+            raise SystemExit(f"unknown solver {args.solver!r}; choose one of "
+                             f"{', '.join(sorted(SOLVERS))}")
     config = _search_config(args)
     metric = load_metric(args.metric)
     problem = load_problem(args.model)
@@ -137,8 +146,12 @@ def cmd_search(args):
     elif out.exists() and not ckpt.exists():
         return _finished(out)
     t0 = time.perf_counter()
+    if args.times_only:
+        return _search_times(args, problem, metric, out, t0)
     # the pipeline says what teacher data its phases use
     needs = config.teacher_needs(Objective.of(metric, config.trajectory_weight))
+    if args.max_evals is not None:
+        _check_budget(args, config, needs)
     print(f"teacher: {args.n_cal} calibration + {needs['n_fit']} fitting + {args.n_eval} "
           "held-out noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
@@ -154,7 +167,11 @@ def cmd_search(args):
                         time_limit=None if args.time_limit is None
                         else max(args.time_limit - (time.perf_counter() - t0), 0.0),
                         data=data, baselines=baselines, model_name=args.model,
-                        progress=not args.quiet, metric=metric)
+                        progress=not args.quiet, metric=metric, max_evals=args.max_evals)
+    except ValueError as err:  # a budget the teacher left too little of
+        if args.max_evals is None:
+            raise
+        raise SystemExit(f"--max-evals: {err}") from None
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished work is in {ckpt}; rerun with --resume", file=sys.stderr)
         return 130
@@ -167,9 +184,58 @@ def cmd_search(args):
     # the result holds everything the checkpoint did (continue_search goes on from it)
     ckpt.unlink(missing_ok=True)
     _print_comparison(result)
+    _print_cost(result["cost"])
     for name, why in result["search"]["skipped"].items():
         print(f"skipped: {name} ({why})")
     print(f"saved {out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _check_budget(args, config, needs: dict) -> None:
+    """Refuse a --max-evals that cannot pay even the cheapest possible teacher (one
+    Dopri8 step per noise) and one generation, before any work."""
+    from samplax.models.reference import DOPRI8_EVALS_PER_STEP
+    from samplax.search.run import smallest_budget
+
+    if args.max_evals < 1:
+        raise SystemExit(f"--max-evals must be >= 1, got {args.max_evals}")
+    floor = (args.n_cal + needs["n_fit"]) * (DOPRI8_EVALS_PER_STEP + 1)
+    least = smallest_budget(config, args.n_cal, args.nfe, floor)
+    if args.max_evals < least:
+        raise SystemExit(f"--max-evals {args.max_evals} is too small: the teacher alone needs "
+                         f"at least {floor} and one generation {least - floor}; give at "
+                         f"least {least}, or fewer noises (--n-cal, --n-fit)")
+
+
+def _print_cost(cost: dict) -> None:
+    phases = ", ".join(f"{k} {v['total']:,}" for k, v in cost["phases"].items())
+    teacher = f"{cost['teacher']['total']:,}" if cost["teacher"] else "not counted"
+    ex = cost["excluded"]
+    print(f"cost: {cost['evaluations']:,} sample-evaluations (teacher {teacher}; {phases}); "
+          f"not counted: held-out teacher {ex['teacher_heldout'] or 0:,}, report "
+          f"{ex['report']['total']:,}, baselines {ex['baselines']:,}")
+
+
+def _search_times(args, problem, metric, out: Path, t0: float) -> int:
+    """``search --solver NAME --times-only``: the times of one registered solver."""
+    from samplax.search import atomic_write_json, search_times
+    from samplax.search.times_only import solver_steps
+
+    try:
+        solver_steps(args.solver, problem.schedule, args.nfe, problem.t_end)
+    except ValueError as err:
+        raise SystemExit(f"samplax search: {err}") from None
+    print(f"teacher: {args.n_cal} calibration + {args.n_eval} held-out noises", flush=True)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, progress=not args.quiet)
+    baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric)
+    result = search_times(problem.denoiser, problem.schedule, args.solver, args.nfe, teacher,
+                          t_start=problem.t_start, t_end=problem.t_end, metric=metric,
+                          data=_component_data(problem), baselines=baselines,
+                          model_name=args.model)
+    atomic_write_json(out, result)
+    _print_comparison(result, label=f"{args.solver}, searched times")
+    print(f"saved {out} ({time.perf_counter() - t0:.0f} s); samplax export {out} --format "
+          "diffusers|comfyui|json writes its sigmas")
     return 0
 
 
@@ -460,6 +526,10 @@ def main(argv=None):
     s.add_argument("--time-limit", type=float, default=None,
                    help="seconds for the whole command, teacher and baselines included; "
                         "the phases that do not fit are listed as skipped")
+    s.add_argument("--max-evals", type=int, default=None,
+                   help="the most network evaluations of one sample the search may spend, "
+                        "teacher included (held-out report excluded); phases are cut to "
+                        "their share, and a budget too small is refused at once")
     s.add_argument("--n-cal", type=int, default=256,
                    help="calibration noises the search fits (default 256)")
     s.add_argument("--n-fit", type=int, default=None,
@@ -480,6 +550,12 @@ def main(argv=None):
                    help="any setting of a phase, e.g. --set coordinate_fit.iters=0 or "
                         "--set space.afs=[true] (repeatable; see the README's table)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--solver", default=None,
+                   help="with --times-only: the registered solver whose timesteps are "
+                        "searched (samplax solvers lists them)")
+    s.add_argument("--times-only", action="store_true",
+                   help="search only the timesteps of --solver: a schedule other tools "
+                        "run with their own solver (samplax export writes it)")
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("sample", help="sample with a saved schedule or a named solver")

@@ -81,7 +81,7 @@ class Minimizer(NamedTuple):
         if score is not None:
             best, best_score = params, float(score(params))
             start = best_score
-            marks = set(np.linspace(0, iters, checks + 1).round().astype(int)[1:].tolist())
+            marks = score_marks(iters, checks)
         for k in range(iters):
             # a new value, not a new shape: the jitted step is not retraced
             state.opt_state.hyperparams["learning_rate"] = learning_rate(k)
@@ -93,6 +93,11 @@ class Minimizer(NamedTuple):
         if score is not None:
             return Minimized(best, best_score, start)
         return Minimized(state.best, state.best_loss, start)
+
+
+def score_marks(iters: int, checks: int) -> set[int]:
+    """The steps after which :meth:`Minimizer.run` scores the iterate (``score=``)."""
+    return set(np.linspace(0, iters, checks + 1).round().astype(int)[1:].tolist())
 
 
 def make_minimizer(loss: Callable, *, mask=None, batched: bool = False,
@@ -141,4 +146,4 @@ def cosine_to(lr: float, lr_end: float | None, iters: int):
     return optax.cosine_decay_schedule(lr, max(iters - 1, 1), alpha=lr_end / lr)
 
 
-__all__ = ["Minimized", "Minimizer", "cosine_to", "make_minimizer"]
+__all__ = ["Minimized", "Minimizer", "cosine_to", "make_minimizer", "score_marks"]

@@ -20,7 +20,7 @@ def test_fits_a_nonlinear_least_squares_problem_exactly():
     target = decay(truth)
     start = {"a": jnp.zeros(3), "b": jnp.asarray(0.2)}
     for rho in (lambda s: s, jnp.log):
-        fit, before, after, steps = levenberg_marquardt(
+        fit, before, after, steps, *_ = levenberg_marquardt(
             lambda p: decay(p) - target, start, lambda s: rho(s + 1e-30), iters=100)
         np.testing.assert_allclose(fit["b"], 1.3, rtol=1e-8)
         np.testing.assert_allclose(fit["a"], truth["a"], rtol=1e-8)
@@ -35,7 +35,7 @@ def test_log_objective_fits_the_majority_and_never_increases():
     start = {"a": jnp.ones(5), "b": jnp.asarray(1.0)}
     rates = {}
     for name, rho in {"mean": lambda s: s, "log": lambda s: jnp.log(s + 1e-30)}.items():
-        fit, before, after, _ = levenberg_marquardt(lambda p: decay(p) - target, start, rho,
+        fit, before, after, *_ = levenberg_marquardt(lambda p: decay(p) - target, start, rho,
                                                     iters=200)
         assert after <= before
         rates[name] = abs(float(fit["b"]) - 1.3)
@@ -45,7 +45,7 @@ def test_log_objective_fits_the_majority_and_never_increases():
 def test_iters_zero_returns_the_start_and_bad_iters_raise():
     start = {"a": jnp.ones(2), "b": jnp.asarray(0.5)}
     target = decay({"a": jnp.array([1.0, 3.0]), "b": jnp.asarray(1.0)})
-    fit, before, after, steps = levenberg_marquardt(lambda p: decay(p) - target, start,
+    fit, before, after, steps, *_ = levenberg_marquardt(lambda p: decay(p) - target, start,
                                                     lambda s: s, iters=0)
     assert steps == 0 and before == after
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), fit, start))

@@ -250,7 +250,7 @@ def test_free_plan_tuning_is_saved_and_never_worse(problem, result, tmp_path):
 def test_tune_plan_improves_a_hand_made_plan(problem, method, loss):
     data, den, teacher = problem
     plan = ddim(S, kl_optimal(S, NFE, t_start=T0, t_end=T1))
-    tuned, before, after = tune_plan(den, S, plan, teacher.x_cal, teacher.ref_cal, iters=40,
+    tuned, before, after, _ = tune_plan(den, S, plan, teacher.x_cal, teacher.ref_cal, iters=40,
                                      method=method, loss=loss, lr=0.003, lr_end=3e-5)
     assert tuned.nfe == plan.nfe and after < before
     run = jax.jit(lambda p, x: sample(den, p, x))

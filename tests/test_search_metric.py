@@ -133,7 +133,7 @@ def test_tune_plan_needs_adam_for_a_metric(mixture):
     args = (p.denoiser, p.schedule, plan, teacher.x_cal, teacher.ref_cal)
     with pytest.raises(ValueError, match="method='adam'"):
         tune_plan(*args, iters=2, metric=energy_distance)
-    tuned, before, after = tune_plan(*args, iters=20, method="adam", lr=0.003,
+    tuned, before, after, _ = tune_plan(*args, iters=20, method="adam", lr=0.003,
                                      metric=energy_distance)
     assert after <= before
 

@@ -17,6 +17,11 @@ from samplax.schedules.base import NoiseSchedule
 # sigma = 0 moves x_tilde by less than float64 resolution of typical data.
 LAM_CAP = 30.0
 
+# diffrax's Dopri8 has 14 stages, the last evaluated at the step's end and reused as
+# the next step's first (FSAL): 13 new evaluations per step, accepted or rejected,
+# and one at the start (tests/test_search_cost.py counts them).
+DOPRI8_EVALS_PER_STEP = 13
+
 
 def reference_solve(
     denoiser,
@@ -27,6 +32,7 @@ def reference_solve(
     rtol: float = 1e-10,
     atol: float = 1e-10,
     max_steps: int = 100_000,
+    return_evaluations: bool = False,
 ):
     """Solve the PF-ODE from ``x_T`` at ``ts[0]`` and return the states at every ``ts``.
 
@@ -41,7 +47,9 @@ def reference_solve(
             ``sigma = 0`` is handled as the limit.
 
     Returns:
-        ``[len(ts), *x_T.shape]`` array of states.
+        ``[len(ts), *x_T.shape]`` array of states; with ``return_evaluations``
+        also the number of denoiser calls (each on the whole batch ``x_T``: the batch
+        is one ODE with one step-size control).
     """
     ts = jnp.asarray(ts)
     lams = jnp.minimum(schedule.lam(ts), LAM_CAP)
@@ -63,5 +71,8 @@ def reference_solve(
         max_steps=max_steps,
     )
     expand = (...,) + (None,) * jnp.ndim(x_T)
-    return sol.ys * alphas[expand]
+    ys = sol.ys * alphas[expand]
+    if return_evaluations:
+        return ys, DOPRI8_EVALS_PER_STEP * sol.stats["num_steps"] + 1
+    return ys
 

@@ -28,6 +28,7 @@ from samplax.search.result import (
 )
 from samplax.search.run import continue_search, search
 from samplax.search.space import SearchSpace
+from samplax.search.times_only import optimize_times, search_times
 
 __all__ = [
     "DEFAULT_PHASES",
@@ -50,7 +51,9 @@ __all__ = [
     "load_plan",
     "load_result",
     "make_teacher",
+    "optimize_times",
     "optimize_times_2m",
     "resize_result",
     "search",
+    "search_times",
 ]

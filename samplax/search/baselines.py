@@ -7,10 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.metrics import error_summary, per_sample_rmse
-from samplax.optimize import make_minimizer
+from samplax.metrics import error_summary
 from samplax.search.objective import Teacher, resolve_metric
-from samplax.search.space import times_from_theta
 from samplax.solvers._common import reaches_zero_noise
 from samplax.solvers.dpm_solver_pp import dpm_solver_pp
 from samplax.solvers.executor import sample
@@ -46,6 +44,7 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
                 continue
             samples = run(plan, teacher.x_eval)
             res = error_summary(samples, teacher.ref_eval, data)
+            res["evaluations"] = int(teacher.x_eval.shape[0]) * plan.nfe
             if fn is not None:
                 res["metric"] = float(fn(samples, teacher.ref_eval))
             if np.isfinite(res["median_rmse"]):
@@ -60,20 +59,14 @@ def evaluate_baselines(denoiser, schedule, nfe: int, teacher: Teacher, *, t_star
 
 def optimize_times_2m(denoiser, schedule, nfe: int, teacher: Teacher, *, t_start, t_end,
                       data=None, iters: int = 200, lr: float = 0.05):
-    """DPM-Solver++(2M) with timesteps optimized by Adam on the calibration set.
+    """DPM-Solver++(2M) with timesteps optimized by Adam on the calibration set, from
+    uniform log-SNR steps: the timesteps-only baseline of issue 5 (LD3-style,
+    :func:`samplax.search.times_only.optimize_times`). Returns the held-out summary
+    and the times."""
+    from samplax.search.times_only import optimize_times
 
-    The timesteps-only baseline of issue 5 (LD3-style parameterization). Returns
-    the held-out summary and the times.
-    """
-
-    def loss(theta):
-        ts = times_from_theta(schedule, theta, t_start, t_end)
-        out = sample(denoiser, dpm_solver_pp(schedule, ts, order=2), teacher.x_cal)
-        return jnp.mean(per_sample_rmse(out, teacher.ref_cal))
-
-    theta = jnp.zeros(nfe, teacher.x_cal.dtype)
-    best = make_minimizer(lambda th, _: loss(th)).run(theta, iters=iters, lr=lr).params
-    ts = times_from_theta(schedule, best, t_start, t_end)
+    ts, _ = optimize_times(denoiser, schedule, "dpm_solver_pp_2m", nfe, teacher,
+                           t_start=t_start, t_end=t_end, iters=iters, lr=lr, start="logsnr")
     plan = dpm_solver_pp(schedule, ts, order=2)
     res = error_summary(jax.jit(lambda p, x: sample(denoiser, p, x))(plan, teacher.x_eval),
                         teacher.ref_eval, data)

@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from samplax.optimize import make_minimizer
+from samplax.optimize import make_minimizer, score_marks
 from samplax.search.basis import coordinate_shape
+from samplax.search.cost import Cost, adam, sampling
 from samplax.search.objective import check_loss, plan_loss
 from samplax.solvers.plan import Combo, Plan
 
@@ -101,8 +102,7 @@ def fit_coordinates(denoiser, plan: Plan, x, ref, *, iters: int = 400, lr: float
     x, ref = jnp.asarray(x), jnp.asarray(ref)
     _check(plan, x, ref, iters, holdout)
     check_loss(loss)
-    every = max(int(round(1.0 / holdout)), 2)
-    val = np.arange(x.shape[0]) % every == every - 1
+    val = _kept_out(x.shape[0], holdout)
     x_fit, ref_fit, x_val, ref_val = x[~val], ref[~val], x[val], ref[val]
     wide = per_coordinate(plan, coordinate_shape(plan, x.shape[1:]))
     params = (wide.evaluate, wide.update, wide.final)
@@ -122,6 +122,22 @@ def fit_coordinates(denoiser, plan: Plan, x, ref, *, iters: int = 400, lr: float
     return wide._replace(evaluate=e, update=u, final=f), out.start, out.loss, True
 
 
+def _kept_out(n: int, holdout: float) -> np.ndarray:
+    """Which of ``n`` noises choose the iterate: every ``round(1 / holdout)``-th."""
+    every = max(int(round(1.0 / holdout)), 2)
+    return np.arange(n) % every == every - 1
+
+
+def fit_cost(n: int, nfe: int, *, iters: int = 400, holdout: float = 0.25,
+             checks: int = 16) -> Cost:
+    """The network evaluations of :func:`fit_coordinates` on ``n`` noises and a plan of
+    ``nfe`` evaluations: Adam on the fitting part, the kept-out part scored at the
+    start and ``checks`` times."""
+    n_val = int(_kept_out(n, holdout).sum())
+    return adam(n - n_val, nfe, iters) + sampling(n_val, nfe, 1 + len(score_marks(iters,
+                                                                                  checks)))
+
+
 def fitting_noises(teacher):
     """The calibration noises and, when the teacher has them, its extra fitting
     noises, together (never the held-out ones)."""
@@ -131,4 +147,4 @@ def fitting_noises(teacher):
             jnp.concatenate([teacher.ref_cal, teacher.ref_fit]))
 
 
-__all__ = ["fit_coordinates", "fitting_noises", "per_coordinate"]
+__all__ = ["fit_coordinates", "fit_cost", "fitting_noises", "per_coordinate"]

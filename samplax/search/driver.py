@@ -9,11 +9,13 @@ step and, with the same settings, reaches the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from samplax.search.cost import Cost
 from samplax.search.state import SearchState
 
 
@@ -79,21 +81,71 @@ def _loss(state: SearchState, name: str) -> float | None:
     return None if best is None else best[1].loss
 
 
+def plan_shares(phases: Sequence, state: SearchState, ctx, budget: int) -> dict:
+    """Each phase's share of ``budget`` sample-evaluations: its estimate
+    (:meth:`~samplax.search.phases.Phase.estimate`) if all fit; else each its
+    smallest useful cut (:meth:`~samplax.search.phases.Phase.least`, in order, while
+    they fit) and the rest in proportion to what each would spend beyond it."""
+    todo = [p for p in phases if not p.done(state)]
+    est = {p.name: p.estimate(state, ctx).total for p in todo}
+    if sum(est.values()) <= budget:
+        return est
+    shares, left = {}, budget
+    for p in todo:
+        least = min(p.least(state, ctx).total, est[p.name])
+        shares[p.name] = least if least <= left else 0
+        left -= shares[p.name]
+    extra = {k: est[k] - v for k, v in shares.items() if v or not est[k]}
+    more = sum(extra.values())
+    return {k: v + (left * extra.get(k, 0) // more if more else 0) for k, v in shares.items()}
+
+
+def _budgeted(phase, phases: Sequence, state: SearchState, ctx, budget: dict):
+    """``phase`` cut to what the budget leaves it: all that is not spent and not
+    reserved for the phases after it. Returns ``(phase or None, evaluations left)``."""
+    after = [p.name for p in phases[[q.name for q in phases].index(phase.name) + 1:]]
+    spent = sum(state.cost.values(), Cost()).total
+    left = budget["phases"] - spent - sum(budget["shares"].get(k, 0) for k in after)
+    return phase.within(left, state, ctx), left
+
+
 def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None = None,
                save: Callable[[SearchState], None] | None = None,
-               progress: Progress | None = None) -> SearchState:
+               progress: Progress | None = None, budget: int | None = None) -> SearchState:
     """Run ``phases`` in order on ``state``: each phase already done is passed over,
     one that says why it does not apply is recorded in ``state.skipped``, the others
     are stepped until done; ``save(state)`` after every step. No step starts past
     ``clock``'s limit, nor one that its phase's last step says would end past it; the
     phases left are skipped for the time limit, with the time they would have needed
-    where a step of theirs was timed."""
+    where a step of theirs was timed.
+
+    ``budget``: the sample-evaluations the phases may spend in all. Each phase's
+    share is planned once, up front (:func:`plan_shares`, kept in the state, so a
+    resumed search keeps it); each phase is cut to its share and what earlier phases
+    left unspent (:meth:`~samplax.search.phases.Phase.within`), or skipped if not
+    even its smallest useful step fits."""
     clock = clock or Clock.started(state.seconds)
+    if budget is not None and "budget" not in state.records:
+        spent = sum(state.cost.values(), Cost()).total
+        state = state.with_record("budget", {
+            "phases": int(budget) + spent,
+            "shares": plan_shares(phases, state, ctx, int(budget))})
     skipped = {}
     for phase in phases:
         if phase.done(state):
             continue
         reason, last = phase.skip(state, ctx), None
+        if reason is None and budget is not None:
+            cut, left = _budgeted(phase, phases, state, ctx, state.records["budget"])
+            if cut is None:
+                reason = (f"evaluation budget (about {phase.estimate(state, ctx).total} "
+                          f"evaluations; {max(left, 0)} left for it)")
+            elif cut != phase:
+                state = state.with_record("budget", {
+                    **state.records["budget"],
+                    "cut": {**state.records["budget"].get("cut", {}),
+                            phase.name: _changed(phase, cut)}})
+                phase = cut
         while reason is None and not phase.done(state):
             if clock.left() <= 0 or (last is not None and clock.left() < last):
                 reason = "time limit" + ("" if last is None else
@@ -111,10 +163,18 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
                 note = phase.progress(state)
                 if loss is not None:
                     note = f"{note}{'; ' if note else ''}best calibration loss {loss:.4g}"
+                spent = sum(state.cost.values(), Cost()).total
+                note = f"{note}{'; ' if note else ''}{spent:,} evaluations"
                 progress.update(note, desc=phase.name)
         if reason is not None:
             skipped[phase.name] = reason
     return state._replace(skipped=skipped, seconds=clock.elapsed())
 
 
-__all__ = ["Clock", "Progress", "run_phases"]
+def _changed(old, new) -> dict:
+    """The settings a budget changed: ``{field: [before, after]}``."""
+    return {f.name: [getattr(old, f.name), getattr(new, f.name)]
+            for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)}
+
+
+__all__ = ["Clock", "Progress", "plan_shares", "run_phases"]

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from samplax.optimize import cosine_to, make_minimizer
+from samplax.search.cost import Cost, adam
 from samplax.search.gauss_newton import levenberg_marquardt
 from samplax.search.objective import check_loss, plan_loss
 from samplax.solvers.executor import sample
@@ -72,9 +73,20 @@ def _check_tunable(plan: Plan) -> None:
 METHODS = ("lm", "adam")
 
 
+class Tuned(NamedTuple):
+    """What :func:`tune_plan` returns: the tuned plan, the loss before and after, and
+    the network evaluations it cost (:class:`samplax.search.cost.Cost`)."""
+
+    plan: Plan
+    loss_before: float
+    loss: float
+    cost: Cost
+
+
 def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str = "lm",
               loss: str = "log_rmse", lr: float | None = None,
-              lr_end: float | None = None, metric=None) -> tuple[Plan, float, float]:
+              lr_end: float | None = None, metric=None,
+              max_calls: int | None = None) -> Tuned:
     """Fit all of a plan's coefficients and network times to a teacher.
 
     Args:
@@ -86,13 +98,16 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
             (``method="adam"``; then ``lr`` is required and the learning rate decays
             to ``lr_end`` along a half cosine, constant if ``lr_end`` is None).
         loss: the objective, a name in :data:`samplax.search.objective.LOSSES`.
+        max_calls: with ``"lm"``, evaluate the objective at most this often (a
+            bound on the cost; each linearization costs one more pass).
         metric: instead of ``loss``, ``metric(samples, ref) -> scalar`` (e.g.
             :func:`samplax.search.objective.energy_distance`); it has no per-sample
             residuals, so it needs ``method="adam"``.
 
     Returns:
-        ``(tuned plan, loss before, loss after)`` in the chosen objective on
-        ``(x, ref)``; the best iterate is kept, so it never increases.
+        :class:`Tuned`: ``(tuned plan, loss before, loss after, cost)``, the losses in
+        the chosen objective on ``(x, ref)``; the best iterate is kept, so it never
+        increases.
     """
     if method not in METHODS:
         raise ValueError(f"unknown tuning method {method!r}; choose one of {list(METHODS)}")
@@ -105,8 +120,11 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
         def residuals(d):
             return sample(denoiser, apply_delta(schedule, plan, d), x) - ref
 
-        best, before, after, _ = levenberg_marquardt(residuals, delta, rho, iters=iters)
-        return apply_delta(schedule, plan, best), before, after
+        lm = levenberg_marquardt(residuals, delta, rho, iters=iters, max_calls=max_calls)
+        n = x.shape[0] * plan.nfe
+        cost = Cost(forward=n * (lm.residual_calls + lm.jacobian_calls),
+                    tangent=n * lm.directions * lm.jacobian_calls)
+        return Tuned(apply_delta(schedule, plan, lm.params), lm.loss_before, lm.loss, cost)
     if lr is None:
         raise ValueError("method='adam' needs a learning rate lr")
 
@@ -117,7 +135,8 @@ def tune_plan(denoiser, schedule, plan: Plan, x, ref, *, iters: int, method: str
 
     out = make_minimizer(objective).run(delta, plan, iters=iters,
                                         lr=cosine_to(lr, lr_end, iters))
-    return apply_delta(schedule, plan, out.params), float(out.start), float(out.loss)
+    return Tuned(apply_delta(schedule, plan, out.params), float(out.start), float(out.loss),
+                 adam(x.shape[0], plan.nfe, iters))
 
 
-__all__ = ["METHODS", "PlanDelta", "apply_delta", "tune_plan", "zero_delta"]
+__all__ = ["METHODS", "PlanDelta", "Tuned", "apply_delta", "tune_plan", "zero_delta"]

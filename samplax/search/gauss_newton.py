@@ -28,6 +28,7 @@ not on the least-squares surrogate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,21 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from samplax.metrics import per_sample_rmse
+
+
+class LMResult(NamedTuple):
+    """What :func:`levenberg_marquardt` returns: the parameters, the objective at the
+    start and at them, the accepted steps, and how often it evaluated the residuals
+    (``residual_calls``) and linearized them (``jacobian_calls``, each one primal
+    pass and ``directions`` forward-mode tangents), for cost accounting."""
+
+    params: object
+    loss_before: float
+    loss: float
+    accepted: int
+    residual_calls: int
+    jacobian_calls: int
+    directions: int
 
 
 def levenberg_marquardt(
@@ -46,6 +62,7 @@ def levenberg_marquardt(
     mu: float = 1e-3,
     chunk: int = 64,
     rtol: float = 1e-7,
+    max_calls: int | None = None,
 ):
     """Minimize ``mean_i rho(rmse_i(params))`` by reweighted Levenberg-Marquardt.
 
@@ -60,10 +77,13 @@ def levenberg_marquardt(
         chunk: parameters per forward-mode Jacobian batch.
         rtol: stop when an accepted step lowers the objective by less than this
             fraction (or when no damping finds a lower objective).
+        max_calls: stop before the objective would be evaluated more often than
+            this (the start included), bounding the cost; None: no bound.
 
     Returns:
-        ``(params, loss_before, loss_after, accepted steps)``; the objective is
-        evaluated at the returned parameters, and never above the starting one.
+        :class:`LMResult`: ``(params, loss_before, loss_after, accepted steps, ...)``;
+        the objective is evaluated at the returned parameters, and never above the
+        starting one.
     """
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
@@ -100,15 +120,18 @@ def levenberg_marquardt(
 
     f = flat0
     before = loss = float(objective(f))
-    accepted = 0
-    while accepted < iters and np.isfinite(loss):
+    accepted, res_calls, jac_calls = 0, 1, 0
+    while (accepted < iters and np.isfinite(loss)
+           and (max_calls is None or res_calls < max_calls)):
         A, g = normal_equations(f)
+        jac_calls += 1
         if not (np.all(np.isfinite(np.asarray(A))) and np.all(np.isfinite(np.asarray(g)))):
             break
         improved = False
-        while mu < 1e10:
+        while mu < 1e10 and (max_calls is None or res_calls < max_calls):
             cand = f + damped_step(A, g, jnp.asarray(mu, A.dtype))
             new = float(objective(cand))
+            res_calls += 1
             if np.isfinite(new) and new < loss:
                 improved = True
                 break
@@ -119,7 +142,8 @@ def levenberg_marquardt(
         f, loss, mu, accepted = cand, new, max(mu / 3.0, 1e-12), accepted + 1
         if gain < rtol:
             break
-    return unravel(f), before, loss, accepted
+    return LMResult(unravel(f), before, loss, accepted, res_calls, jac_calls,
+                    n_chunks * chunk)
 
 
-__all__ = ["levenberg_marquardt"]
+__all__ = ["LMResult", "levenberg_marquardt"]

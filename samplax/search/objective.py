@@ -44,6 +44,9 @@ class Teacher(NamedTuple):
     traj_lam: jax.Array | None = None
     traj_cal: jax.Array | None = None
     dtraj_cal: jax.Array | None = None
+    # sample-evaluations each part cost ({"calibration", "fitting", "heldout",
+    # "trajectories"}; None: a solve that does not count its calls)
+    evaluations: dict | None = None
 
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
@@ -59,6 +62,10 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     ``t_start`` to ``t_end`` (capped at :data:`~samplax.models.reference.LAM_CAP`),
     with their derivatives, for :func:`teacher_states` (needs the default ``solve``).
     ``progress(n)`` is called after each batch of ``n`` noises solved.
+
+    The teacher's cost is in ``evaluations`` (sample-evaluations per part): counted
+    for the default solve; a custom ``solve`` may return ``(x_end, calls)``, the
+    number of denoiser calls on its batch, to be counted too.
     """
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
     if solve is None:
@@ -66,23 +73,37 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
 
         @jax.jit
         def solve(x):
-            return reference_solve(denoiser, schedule, x, ts)[-1]
+            xs, calls = reference_solve(denoiser, schedule, x, ts, return_evaluations=True)
+            return xs[-1], calls
 
-    def run(x):
+    spent = {}
+
+    def run(x, part):
         out = []
         for i in range(0, x.shape[0], batch):
-            out.append(solve(x[i:i + batch]))
+            y = solve(x[i:i + batch])
+            if isinstance(y, tuple):
+                y, calls = y
+                if part in spent:
+                    spent[part] += int(calls) * y.shape[0]
+            else:
+                spent.pop(part, None)  # not counted
+            out.append(y)
             if progress is not None:
                 progress(out[-1].shape[0])
         return jnp.concatenate(out)
 
+    def solved(x, part):
+        spent[part] = 0
+        return run(x, part)
+
     x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
     if n_fit < 0 or n_grid < 0 or n_grid == 1:
         raise ValueError(f"n_fit must be >= 0 and n_grid 0 or >= 2, got {n_fit}, {n_grid}")
-    teacher = Teacher(x_cal, run(x_cal), x_eval, run(x_eval))
+    teacher = Teacher(x_cal, solved(x_cal, "calibration"), x_eval, solved(x_eval, "heldout"))
     if n_fit:
         x_fit = x_T(jax.random.split(jax.random.key(seed), 3)[2], n_fit)
-        teacher = teacher._replace(x_fit=x_fit, ref_fit=run(x_fit))
+        teacher = teacher._replace(x_fit=x_fit, ref_fit=solved(x_fit, "fitting"))
     if n_grid:
         lo, hi = schedule.lam(jnp.asarray(t_start)), schedule.lam(jnp.asarray(t_end))
         lams = jnp.linspace(lo, jnp.minimum(hi, LAM_CAP), n_grid)
@@ -90,18 +111,19 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
 
         @jax.jit
         def trajectory(x):
-            xs = reference_solve(denoiser, schedule, x, ts)
+            xs, calls = reference_solve(denoiser, schedule, x, ts, return_evaluations=True)
             expand = (...,) + (None,) * x.ndim
             xt = xs / schedule.alpha(ts)[expand]
             # the PF-ODE in x / alpha and lam (samplax.models.reference)
             d = jax.vmap(denoiser)(xs, ts) - xt
-            return xt, d
+            return xt, d, calls + ts.shape[0]
 
         parts = [trajectory(x_cal[i:i + batch]) for i in range(0, n_cal, batch)]
+        spent["trajectories"] = sum(int(p[2]) * p[0].shape[1] for p in parts)
         teacher = teacher._replace(traj_lam=lams,
                                    traj_cal=jnp.concatenate([p[0] for p in parts], axis=1),
                                    dtraj_cal=jnp.concatenate([p[1] for p in parts], axis=1))
-    return teacher
+    return teacher._replace(evaluations=spent if "calibration" in spent else None)
 
 
 def teacher_states(teacher: Teacher, schedule, t) -> jax.Array:

@@ -187,7 +187,9 @@ def fit_output_in(denoiser, plan: Plan, teacher, *, basis: str = "auto",
             for b in tried}
     chosen = min(tried, key=lambda b: fits[b][2])  # ties keep the first: "pca"
     fitted, before, after, applied = fits[chosen]
-    rec = {"applied": applied, "loss_before": before, "loss": after, "basis": chosen}
+    # each basis tried is one pass of the calibration noises through the plan
+    rec = {"applied": applied, "loss_before": before, "loss": after, "basis": chosen,
+           "passes": len(tried)}
     if basis == "auto":
         rec["loss_by_basis"] = {b: fits[b][2] for b in tried}
     return fitted, rec

@@ -24,10 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from samplax.models.reference import reference_solve
+from samplax.schedules.steps import uniform_logsnr
 from samplax.search.basis import BASES, MAX_DIM, resolved, start_in
-from samplax.search.coordinate_fit import fit_coordinates, fitting_noises
+from samplax.search.coordinate_fit import fit_coordinates, fit_cost, fitting_noises
+from samplax.search.cost import Cost, adam, sampling
 from samplax.search.dp import dp_timesteps
-from samplax.search.free_plan import METHODS, tune_plan
+from samplax.search.free_plan import METHODS, tune_plan, zero_delta
 from samplax.search.objective import check_loss
 from samplax.search.output_fit import fit_output_in
 from samplax.search.population import Params, stack
@@ -70,6 +73,22 @@ class Phase:
         """How many steps the phase has left on ``state``."""
         return 0 if self.done(state) else 1
 
+    def estimate(self, state: SearchState, ctx) -> Cost:
+        """The network evaluations the phase has left on ``state`` (exact where the
+        work is fixed, an upper estimate where it depends on the data)."""
+        return Cost()
+
+    def least(self, state: SearchState, ctx) -> Cost:
+        """The cost of the smallest useful cut (:meth:`within`): the whole phase for
+        one that cannot be cut."""
+        return self.estimate(state, ctx)
+
+    def within(self, budget: int, state: SearchState, ctx):
+        """This phase with its work cut to at most ``budget`` sample-evaluations, or
+        None if not even its smallest useful step fits. Phases whose work cannot be
+        cut (the closed-form fits) fit or not as they are."""
+        return self if self.estimate(state, ctx).total <= budget else None
+
     def needs(self, objective) -> dict:
         """Teacher data the phase needs beyond the calibration noises
         (``{"n_fit": n}``: extra fitting noises)."""
@@ -86,6 +105,22 @@ class Phase:
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
+
+
+def _n_cal(ctx) -> int:
+    return int(ctx.teacher.x_cal.shape[0])
+
+
+def _teacher_per_noise(ctx) -> int:
+    """The teacher's evaluations per noise (for the DP's own solve along its grid),
+    a generous 1000 where the teacher did not count them."""
+    ev = ctx.teacher.evaluations
+    return -(-ev["calibration"] // _n_cal(ctx)) if ev else 1000
+
+
+def _iters_within(budget: int, fixed: Cost, per_iter: Cost) -> int:
+    """The most iterations whose cost ``fixed + iters * per_iter`` fits ``budget``."""
+    return max((budget - fixed.total) // max(per_iter.total, 1), -1)
 
 
 def _no_candidate(state: SearchState) -> str | None:
@@ -109,15 +144,30 @@ class DPTimes(Phase):
     def skip(self, state, ctx):
         return None if self.grid else "grid=0: the times start uniform in log-SNR"
 
+    def estimate(self, state, ctx):
+        if self.done(state) or not self.grid:
+            return Cost()
+        m = min(self.noises, _n_cal(ctx))
+        # the solve stops at every grid time: a quarter more steps than the teacher's
+        return sampling(m, _teacher_per_noise(ctx) * 5 // 4 + self.grid * len(
+            ctx.space.structures(ctx.nfe)))
+
     def step(self, state, ctx):
+        x = ctx.teacher.x_cal[:self.noises]
+        grid = uniform_logsnr(ctx.schedule, self.grid, t_start=ctx.t_start, t_end=ctx.t_end)
+        # one teacher solve along the grid serves every structure
+        states, calls = jax.jit(lambda x: reference_solve(
+            ctx.denoiser, ctx.schedule, x, grid, return_evaluations=True))(x)
+        cost = sampling(x.shape[0], int(calls))
         for afs in ctx.space.structures(ctx.nfe):
             n = ctx.nfe + int(afs)
-            ts, _ = dp_timesteps(ctx.denoiser, ctx.schedule, n, ctx.teacher.x_cal[:self.noises],
-                                 t_start=ctx.t_start, t_end=ctx.t_end, grid=self.grid)
+            ts, _ = dp_timesteps(ctx.denoiser, ctx.schedule, n, x, t_start=ctx.t_start,
+                                 t_end=ctx.t_end, grid=grid, states=states)
+            cost = cost + sampling(x.shape[0], self.grid)  # one DDIM step per grid row
             init = Params.zeros(n, afs)._replace(
                 theta=jnp.asarray(theta_from_times(ctx.schedule, ts)))
             state = state.with_structure(Structure(afs, init))
-        return state.with_record(self.name, {"grid": self.grid})
+        return state.with_record(self.name, {"grid": self.grid}).spent(self.name, cost)
 
 
 def _seed_steps(n: int, orders) -> list[tuple[Step, ...]]:
@@ -167,6 +217,7 @@ class Population(Phase):
                 n_elites = min(self.elites, self.size)
                 state = state.counted(population_evaluations=self.size,
                                       refinement_steps=self.refine_iters * n_elites)
+                state = state.spent(self.name, self.generation_cost(ctx))
                 break
         if all(k in state.structures and state.structures[k].generation >= self.generations
                for k in keys):
@@ -174,6 +225,35 @@ class Population(Phase):
                 "generations": self.generations,
                 "structures": {k: s.best.loss for k, s in state.structures.items()}})
         return state
+
+    def estimate(self, state, ctx):
+        return Cost(*(self.steps_left(state, ctx) * c for c in self.generation_cost(ctx)))
+
+    def least(self, state, ctx):
+        if self.done(state):
+            return Cost()
+        n = len(ctx.space.structures(ctx.nfe))
+        return Cost(*(min(n, self.steps_left(state, ctx)) * c
+                      for c in self.generation_cost(ctx)))
+
+    def within(self, budget, state, ctx):
+        per_gen = self.generation_cost(ctx).total
+        left = self.steps_left(state, ctx)
+        fit = min(left, budget // max(per_gen, 1))
+        if fit == left:
+            return self
+        done = self.generations * len(ctx.space.structures(ctx.nfe)) - left
+        total = done + fit  # generations over all structures; each gets a share
+        per_structure = total // len(ctx.space.structures(ctx.nfe))
+        if per_structure < 1:
+            return None
+        return dataclasses.replace(self, generations=per_structure)
+
+    def generation_cost(self, ctx) -> Cost:
+        """One generation: the population's losses, then the elites' refinement."""
+        n = ctx.teacher.x_cal.shape[0]
+        return (sampling(n, ctx.nfe, self.size)
+                + adam(n, ctx.nfe, self.refine_iters, min(self.elites, self.size)))
 
     def steps_left(self, state, ctx):
         return sum(self.generations - (state.structures[structure_key(a)].generation
@@ -248,6 +328,30 @@ class Refine(Phase):
             return "iters=0"
         return _no_candidate(state)
 
+    def _count(self, state, ctx) -> int:
+        """Finalists to refine, over all structures (estimated before the archive
+        exists: ``finalists`` per structure)."""
+        if state.structures:
+            return sum(len(self._start(st)) for st in state.structures.values())
+        return self.finalists * len(ctx.space.structures(ctx.nfe))
+
+    def estimate(self, state, ctx):
+        if self.done(state):
+            return Cost()
+        return adam(_n_cal(ctx), ctx.nfe, self.iters, self._count(state, ctx))
+
+    def least(self, state, ctx):
+        return Cost() if self.done(state) else adam(_n_cal(ctx), ctx.nfe, min(self.iters, 1),
+                                                     self._count(state, ctx))
+
+    def within(self, budget, state, ctx):
+        if self.estimate(state, ctx).total <= budget:
+            return self
+        per = adam(_n_cal(ctx), ctx.nfe, 1, self._count(state, ctx))
+        start = sampling(_n_cal(ctx), ctx.nfe, self._count(state, ctx))
+        iters = _iters_within(budget, start, Cost(*(a - b for a, b in zip(per, start))))
+        return dataclasses.replace(self, iters=iters) if iters >= 1 else None
+
     def _start(self, st: Structure) -> list[Candidate]:
         if st.finalists:
             return list(st.finalists)
@@ -275,7 +379,8 @@ class Refine(Phase):
             final = tuple(Candidate(c.steps, jax.tree.map(lambda a, j=j: a[j], p),
                                     float(loss[j])) for j, c in enumerate(start))
             state = state.with_structure(st._replace(finalists=final)).counted(
-                refinement_steps=self.iters * len(start))
+                refinement_steps=self.iters * len(start)).spent(
+                self.name, adam(ctx.teacher.x_cal.shape[0], ctx.nfe, self.iters, len(start)))
         return state.with_record(self.name, {
             "iters": self.iters,
             "structures": {k: s.best.loss for k, s in state.structures.items()
@@ -294,8 +399,11 @@ class PlanFit(Phase):
     method: str = "lm"
     loss: str = "log_rmse"
     lr: float = 0.003
+    max_calls: int | None = None
 
     def __post_init__(self):
+        _check(self.max_calls is None or self.max_calls >= 1,
+               f"{self.name}: max_calls must be >= 1 or None")
         _check(self.method in METHODS,
                f"{self.name}: unknown method {self.method!r}; choose one of {list(METHODS)}")
         check_loss(self.loss)
@@ -306,17 +414,53 @@ class PlanFit(Phase):
             return "iters=0"
         return ctx.objective.final_sample_only() or _no_candidate(state)
 
+    def _directions(self, state, ctx) -> int:
+        """Forward-mode directions of the Jacobian: the plan's free entries, rounded
+        up to the Levenberg-Marquardt chunk of 64 (estimated from the structure
+        before a plan exists)."""
+        if state.best() is not None:
+            p = sum(np.size(a) for a in jax.tree.leaves(zero_delta(current_plan(state,
+                                                                                ctx))))
+        else:  # a multistep plan: ~3 coefficients per slot and combination, + times
+            p = 7 * ctx.nfe + 3
+        return -(-p // 64) * 64
+
+    def estimate(self, state, ctx):
+        if self.done(state) or not self.iters:
+            return Cost()
+        per = _n_cal(ctx) * ctx.nfe
+        if self.method == "adam" or ctx.objective.metric_name != "rmse":
+            return adam(_n_cal(ctx), ctx.nfe, self.iters)
+        # per accepted step: one linearization and (bounded by max_calls under a
+        # budget) two trial evaluations
+        return Cost(forward=per * (1 + 3 * self.iters),
+                    tangent=per * self._directions(state, ctx) * self.iters)
+
+    def least(self, state, ctx):
+        return dataclasses.replace(self, iters=min(self.iters, 1)).estimate(state, ctx)
+
+    def within(self, budget, state, ctx):
+        # under a budget the trials are capped, so that the estimate is a bound
+        one = dataclasses.replace(self, iters=1).estimate(state, ctx)
+        start = sampling(_n_cal(ctx), ctx.nfe)
+        iters = min(self.iters, _iters_within(budget, start,
+                                              Cost(*(a - b for a, b in zip(one, start)))))
+        return (dataclasses.replace(self, iters=iters, max_calls=1 + 2 * iters)
+                if iters >= 1 else None)
+
     def step(self, state, ctx):
         custom = ctx.objective.metric_name != "rmse"
         method = "adam" if custom else self.method
-        tuned, before, after = tune_plan(
+        tuned = tune_plan(
             ctx.denoiser, ctx.schedule, current_plan(state, ctx), ctx.teacher.x_cal,
             ctx.teacher.ref_cal, iters=self.iters, method=method, loss=self.loss, lr=self.lr,
-            lr_end=self.lr / 100, metric=ctx.objective.metric if custom else None)
+            lr_end=self.lr / 100, metric=ctx.objective.metric if custom else None,
+            max_calls=self.max_calls)
         record = {"iters": self.iters, "method": method,
                   "loss_name": ctx.objective.metric_name if custom else self.loss,
-                  "loss_before": before, "loss": after}
-        return state.with_record(self.name, record, tuned).counted(refinement_steps=self.iters)
+                  "loss_before": tuned.loss_before, "loss": tuned.loss}
+        return state.with_record(self.name, record, tuned.plan).counted(
+            refinement_steps=self.iters).spent(self.name, tuned.cost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,10 +487,16 @@ class OutputFit(Phase):
             return "enabled=false"
         return ctx.objective.per_sample() or _no_candidate(state)
 
+    def estimate(self, state, ctx):
+        if self.done(state) or not self.enabled:
+            return Cost()
+        return sampling(_n_cal(ctx), ctx.nfe, 2 if self.basis == "auto" else 1)
+
     def step(self, state, ctx):
         fitted, record = fit_output_in(ctx.denoiser, current_plan(state, ctx), ctx.teacher,
                                        basis=self.basis, loss=self.loss, max_dim=self.max_dim)
-        return state.with_record(self.name, record, fitted)
+        cost = sampling(ctx.teacher.x_cal.shape[0], ctx.nfe, record["passes"])
+        return state.with_record(self.name, record, fitted).spent(self.name, cost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +526,30 @@ class CoordinateFit(Phase):
             return {}
         return {"n_fit": self.n_fit}
 
+    def _noises(self, ctx) -> int:
+        fit = ctx.teacher.x_fit
+        return _n_cal(ctx) + (0 if fit is None else int(fit.shape[0]))
+
+    def estimate(self, state, ctx):
+        if self.done(state) or not self.iters:
+            return Cost()
+        return fit_cost(self._noises(ctx), ctx.nfe, iters=self.iters)
+
+    def least(self, state, ctx):
+        return dataclasses.replace(self, iters=min(self.iters, 16)).estimate(state, ctx)
+
+    def within(self, budget, state, ctx):
+        if self.estimate(state, ctx).total <= budget:
+            return self
+        lo, hi = 0, self.iters  # the cost grows with the iterations
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fit_cost(self._noises(ctx), ctx.nfe, iters=mid).total <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return dataclasses.replace(self, iters=lo) if lo >= 16 else None
+
     def skip(self, state, ctx):
         if not self.iters:
             return "iters=0"
@@ -392,7 +566,9 @@ class CoordinateFit(Phase):
                                                          loss=self.loss)
         record = {"applied": applied, "iters": self.iters, "n_noises": int(x.shape[0]),
                   "loss_before": before, "loss": after}
-        return state.with_record(self.name, record, fitted).counted(refinement_steps=self.iters)
+        return state.with_record(self.name, record, fitted).counted(
+            refinement_steps=self.iters).spent(self.name, fit_cost(x.shape[0], ctx.nfe,
+                                                                    iters=self.iters))
 
 
 __all__ = ["CoordinateFit", "DPTimes", "OutputFit", "Phase", "PlanFit", "Population",

@@ -52,6 +52,8 @@ def load_result(path) -> dict:
         got = obj.get("schema") if isinstance(obj, dict) else type(obj).__name__
         raise ResultError(f"{path}: not a samplax search result (schema {got!r}, expected "
                           f"{SCHEMA!r})")
+    if "solver" in obj:
+        return _load_times_only(path, obj)
     need = {"nfe": int, "timesteps": list, "steps": list, "afs": bool}
     for key, typ in need.items():
         value = obj.get(key)
@@ -64,6 +66,29 @@ def load_result(path) -> dict:
     if len(steps) - int(obj["afs"]) != obj["nfe"]:
         raise ResultError(f"{path}: steps and afs do not add up to nfe={obj['nfe']}")
     obj["_steps"] = steps
+    return obj
+
+
+def _load_times_only(path, obj: dict) -> dict:
+    """A times-only result (:mod:`samplax.search.times_only`): a registered solver's
+    name and its times."""
+    from samplax.solvers.registry import SOLVERS
+
+    solver, nfe, ts = obj.get("solver"), obj.get("nfe"), obj.get("timesteps")
+    if solver not in SOLVERS:
+        raise ResultError(f"{path}: solver {solver!r} is not a registered solver "
+                          f"({', '.join(sorted(SOLVERS))})")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ResultError(f"{path}: field 'nfe' must be a positive integer, got {nfe!r}")
+    if (not isinstance(ts, list) or len(ts) < 2
+            or not all(isinstance(t, int | float) and not isinstance(t, bool) for t in ts)):
+        raise ResultError(f"{path}: field 'timesteps' must be a list of at least 2 numbers")
+    spec = SOLVERS[solver]
+    if nfe not in (spec.cost(len(ts) - 1), spec.cost(len(ts) - 1, True)):
+        raise ResultError(f"{path}: {len(ts) - 1} steps of {solver} do not cost nfe={nfe}")
+    if "steps" in obj:
+        raise ResultError(f"{path}: a result has either 'solver' (times only) or 'steps'")
+    obj["_steps"] = None
     return obj
 
 
@@ -110,6 +135,10 @@ def plan_from_result(obj: dict, schedule, *, check: bool = True):
     unless ``check=False``)."""
     if check:
         check_result_schedule(obj, schedule)
+    if obj.get("solver") is not None:
+        from samplax.solvers.registry import get_solver
+
+        return get_solver(obj["solver"]).build(schedule, jnp.asarray(obj["timesteps"]))
     coefs = obj.get("coefficients")
     mt = obj.get("model_times")
     plan = usf(schedule, jnp.asarray(obj["timesteps"]), obj["_steps"], afs=obj["afs"],
@@ -218,25 +247,27 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
     relative position (first to first, last to last). AFS is kept. The free-plan
     tuning of the original budget (``tuned_plan``) does not carry over: its arrays
     belong to that budget's slots. The returned result has no objective (it was not
-    measured at the new budget).
+    measured at the new budget). A times-only result (``solver``) keeps its solver,
+    at the step count that spends ``nfe``.
     """
     obj = dict(obj)
     if "_steps" not in obj:
         raise ResultError("resize_result needs a validated result (load_result)")
+    if obj.get("solver") is not None:
+        from samplax.search.times_only import solver_steps
+
+        n_new = solver_steps(obj["solver"], schedule, nfe, obj["timesteps"][-1])
+        new_ts = _resized_times(schedule, obj["timesteps"], n_new)
+        out = {k: v for k, v in obj.items() if k not in ("objective", "baselines")}
+        return dict(out, nfe=nfe, timesteps=new_ts.tolist(), resized_from=obj["nfe"])
     afs = obj["afs"]
     n_old = len(obj["_steps"])
     n_new = nfe + int(afs)
     if nfe < 1 or n_new < 2:
         raise ValueError(f"cannot resize to nfe={nfe} (at least 2 steps needed)")
-    ts = jnp.asarray(obj["timesteps"])
-    lam = np.asarray(schedule.lam(ts), float)
-    if not np.isfinite(lam[-1]):
-        raise ValueError("resize_result needs sigma(t_end) > 0")
-    frac = (lam - lam[0]) / (lam[-1] - lam[0])
+    new_ts = _resized_times(schedule, obj["timesteps"], n_new)
+    lam = np.asarray(schedule.lam(jnp.asarray(obj["timesteps"])), float)
     u_old, u_new = np.linspace(0, 1, n_old + 1), np.linspace(0, 1, n_new + 1)
-    new_lam = lam[0] + (lam[-1] - lam[0]) * np.interp(u_new, u_old, frac)
-    new_ts = np.array(schedule.t_of_lam(jnp.asarray(new_lam)), float)
-    new_ts[0], new_ts[-1] = float(ts[0]), float(ts[-1])
     nearest = np.rint(np.arange(n_new) * (n_old - 1) / (n_new - 1)).astype(int)
     steps = [obj["_steps"][i] for i in nearest]
     out = {k: v for k, v in obj.items() if k not in ("objective", "baselines", "tuned_plan")}
@@ -256,6 +287,22 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
         out["model_times"] = np.asarray(
             schedule.t_of_lam(jnp.asarray(new_eval_lam + new_shift)), float).tolist()
     return out
+
+
+def _resized_times(schedule, times, n_new: int) -> np.ndarray:
+    """``n_new + 1`` times with the same ends whose log-SNR fraction
+    ``(lam_k - lam_0)/(lam_N - lam_0)`` interpolates the given times' linearly in
+    ``k/N``."""
+    ts = jnp.asarray(times)
+    lam = np.asarray(schedule.lam(ts), float)
+    if not np.isfinite(lam[-1]):
+        raise ValueError("resize_result needs sigma(t_end) > 0")
+    frac = (lam - lam[0]) / (lam[-1] - lam[0])
+    u_old, u_new = np.linspace(0, 1, len(lam)), np.linspace(0, 1, n_new + 1)
+    new_lam = lam[0] + (lam[-1] - lam[0]) * np.interp(u_new, u_old, frac)
+    new_ts = np.array(schedule.t_of_lam(jnp.asarray(new_lam)), float)
+    new_ts[0], new_ts[-1] = float(ts[0]), float(ts[-1])
+    return new_ts
 
 
 def load_plan(path, schedule, nfe: int | None = None, *, check_schedule: bool = True):

@@ -33,7 +33,9 @@ import jax
 from samplax.metrics import error_summary
 from samplax.search.config import SearchConfig
 from samplax.search.context import Context, Objective
+from samplax.search.cost import adam, sampling
 from samplax.search.driver import Clock, Progress, run_phases
+from samplax.search.phases import Population
 from samplax.search.population import trajectory_error
 from samplax.search.result import atomic_write_json
 from samplax.search.space import times_from_theta
@@ -43,6 +45,7 @@ from samplax.search.state import (
     from_result,
     state_from_json,
     state_to_json,
+    teacher_cost,
     to_result,
 )
 from samplax.solvers.executor import sample
@@ -51,7 +54,8 @@ from samplax.solvers.executor import sample
 def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
            config: SearchConfig | None = None, metric=None, checkpoint: str | Path | None = None,
            resume: bool = True, time_limit: float | None = None, progress: bool = True,
-           data=None, baselines: dict | None = None, model_name: str = "custom") -> dict:
+           data=None, baselines: dict | None = None, model_name: str = "custom",
+           max_evals: int | None = None) -> dict:
     """Search the best plan of exactly ``nfe`` evaluations for ``denoiser``.
 
     Args:
@@ -77,6 +81,12 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
         baselines: held-out summaries of hand-made solvers to record beside the
             result (:func:`samplax.search.baselines.evaluate_baselines`).
         model_name: recorded in the result.
+        max_evals: the most network evaluations of one sample the search may spend,
+            the teacher's included (its calibration and fitting solves; the held-out
+            report is not counted, :mod:`samplax.search.cost`). Each phase gets a
+            share planned up front and is cut to it (fewer generations or
+            iterations) or skipped; a budget that does not cover the teacher and
+            one generation of the population is refused before any search work.
 
     Returns:
         The result as a JSON-ready dict (schema ``samplax.search/1``); save it with
@@ -95,6 +105,10 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
              "n_cal": int(teacher.x_cal.shape[0]),
              "n_fit": 0 if teacher.x_fit is None else int(teacher.x_fit.shape[0]),
              "metric": objective.metric_name}
+    budget = None
+    if max_evals is not None:
+        ident["max_evals"] = int(max_evals)
+        budget = phase_budget(max_evals, config, ctx)
     state = SearchState.new(ident)
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, ident, ctx)
@@ -103,12 +117,39 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
     bar = Progress(sum(p.units(ctx) for p in config.phases), "search", progress)
     try:
         state = run_phases(config.phases, state, ctx, save=save, progress=bar,
-                           clock=Clock.started(state.seconds, time_limit))
+                           clock=Clock.started(state.seconds, time_limit), budget=budget)
     finally:
         bar.close()
     if state.best() is None:
         raise RuntimeError("the time limit ended the search before any candidate was refined")
     return report(state, ctx, config, data=data, baselines=baselines, model_name=model_name)
+
+
+def smallest_budget(config: SearchConfig, n_cal: int, nfe: int, teacher: int) -> int:
+    """The smallest sensible ``max_evals``: the teacher's ``teacher`` evaluations and
+    one generation of the population (the first candidates refined)."""
+    pop = next((p for p in config.phases if isinstance(p, Population)), Population())
+    gen = sampling(n_cal, nfe, pop.size) + adam(n_cal, nfe, pop.refine_iters,
+                                                 min(pop.elites, pop.size))
+    return teacher + gen.total
+
+
+def phase_budget(max_evals: int, config: SearchConfig, ctx) -> int:
+    """What ``max_evals`` leaves the phases once the teacher is paid; refuses a budget
+    below :func:`smallest_budget`."""
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    teacher = teacher_cost(ctx.teacher)
+    if teacher is None:
+        raise ValueError("max_evals needs a teacher that counts its evaluations "
+                         "(make_teacher's default solve, or a solve returning (x, calls))")
+    least = smallest_budget(config, int(ctx.teacher.x_cal.shape[0]), ctx.nfe, teacher.total)
+    if max_evals < least:
+        raise ValueError(f"max_evals={max_evals} is too small: the teacher spent "
+                         f"{teacher.total} and one generation of the population needs "
+                         f"{least - teacher.total}; the smallest sensible budget is "
+                         f"{least} (or fewer calibration noises)")
+    return max_evals - teacher.total
 
 
 def _load_checkpoint(path, ident: dict, ctx) -> SearchState:
@@ -148,8 +189,10 @@ def report(state: SearchState, ctx, config: SearchConfig, *, data=None, baseline
                             "heldout": float(metric(out_eval, teacher.ref_eval)),
                             "calibration": float(metric(out_cal, teacher.ref_cal))},
                  "trajectory": trajectory}
+    n_cal, n_eval = teacher.x_cal.shape[0], teacher.x_eval.shape[0]
+    report_cost = sampling(n_eval + n_cal * (1 if trajectory is None else 2), ctx.nfe)
     return to_result(state, ctx, objective=objective, config=config.to_json(),
-                     baselines=baselines, model_name=model_name)
+                     baselines=baselines, model_name=model_name, report_cost=report_cost)
 
 
 def continue_search(result: dict, phases, denoiser, schedule, teacher, *,
@@ -174,7 +217,21 @@ def continue_search(result: dict, phases, denoiser, schedule, teacher, *,
     search = dict(result.get("search") or {}, **{k: out["search"][k] for k in (
         "plan_tuning", "output_fit", "coordinate_fit", "phases", "skipped",
         "phase_seconds")})
-    return dict(out, **{k: result[k] for k in keep if k in result}, search=search)
+    return dict(out, **{k: result[k] for k in keep if k in result}, search=search,
+                cost=_continued_cost(result.get("cost"), out["cost"]))
 
 
-__all__ = ["SearchConfig", "continue_search", "report", "search"]
+def _continued_cost(saved: dict | None, new: dict) -> dict:
+    """The saved search's cost with the phases redone on it added (their new counts
+    replace the saved ones of the same name)."""
+    if not saved:
+        return new
+    phases = {**saved.get("phases", {}), **new["phases"]}
+    spent = sum(c["total"] for c in phases.values())
+    teacher = saved.get("teacher")
+    return dict(saved, phases=phases, excluded=new["excluded"],
+                evaluations=spent + (teacher["total"] if teacher else 0))
+
+
+__all__ = ["SearchConfig", "continue_search", "phase_budget", "report", "search",
+           "smallest_budget"]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from samplax.search.cost import Cost
 from samplax.search.population import Params
 from samplax.search.result import (
     SCHEMA,
@@ -79,7 +80,8 @@ class SearchState(NamedTuple):
     best candidate's); ``records`` maps each finished phase to its record;
     ``skipped`` maps the phases this run skipped to the reason (not saved: it is
     decided anew on every run); ``counters`` count candidate evaluations and
-    optimizer steps; ``timings`` the seconds spent in each phase."""
+    optimizer steps; ``timings`` the seconds spent in each phase; ``cost`` the
+    network evaluations each phase made (:class:`samplax.search.cost.Cost`)."""
 
     ident: dict
     structures: dict
@@ -89,11 +91,16 @@ class SearchState(NamedTuple):
     counters: dict = {}
     seconds: float = 0.0
     timings: dict = {}
+    cost: dict = {}
 
     @classmethod
     def new(cls, ident: dict) -> SearchState:
         return cls(ident, {}, None, {}, {},
-                   {"population_evaluations": 0, "refinement_steps": 0}, 0.0, {})
+                   {"population_evaluations": 0, "refinement_steps": 0}, 0.0, {}, {})
+
+    def spent(self, name: str, cost: Cost) -> SearchState:
+        """Phase ``name`` made the network evaluations ``cost``."""
+        return self._replace(cost={**self.cost, name: self.cost.get(name, Cost()) + cost})
 
     def timed(self, name: str, seconds: float) -> SearchState:
         return self._replace(timings={**self.timings, name: self.timings.get(name, 0.0)
@@ -186,7 +193,8 @@ def state_to_json(state: SearchState) -> dict:
             "structures": {k: _structure_to_json(st) for k, st in state.structures.items()},
             "plan": None if state.plan is None else tuned_plan_to_json(state.plan),
             "records": state.records, "counters": state.counters, "seconds": state.seconds,
-            "timings": state.timings}
+            "timings": state.timings,
+            "cost": {k: c.to_json() for k, c in state.cost.items()}}
 
 
 def state_from_json(obj: dict, ctx) -> SearchState:
@@ -198,7 +206,8 @@ def state_from_json(obj: dict, ctx) -> SearchState:
     state = SearchState(obj["ident"],
                         {k: _structure_from_json(v) for k, v in obj["structures"].items()},
                         None, dict(obj["records"]), {}, dict(obj["counters"]),
-                        float(obj["seconds"]), dict(obj["timings"]))
+                        float(obj["seconds"]), dict(obj["timings"]),
+                        {k: Cost.from_json(c) for k, c in obj["cost"].items()})
     if obj["plan"] is not None:
         best = state.best()
         state = state._replace(plan=with_tuned_plan(ctx.candidate_plan(best[1], best[0].afs),
@@ -206,8 +215,34 @@ def state_from_json(obj: dict, ctx) -> SearchState:
     return state
 
 
+def teacher_cost(teacher) -> Cost | None:
+    """The teacher's network evaluations for the search (its calibration, fitting and
+    trajectory solves; the held-out ones only serve the report), None if uncounted."""
+    ev = teacher.evaluations
+    if ev is None:
+        return None
+    return Cost(forward=sum(v for k, v in ev.items() if k != "heldout"))
+
+
+def cost_to_json(state: SearchState, ctx, report: Cost, baselines: dict | None) -> dict:
+    """The result's ``cost``: ``evaluations``, the search's sample-evaluations (teacher
+    included, held-out report excluded), then each part."""
+    teacher = teacher_cost(ctx.teacher)
+    search = sum(state.cost.values(), Cost())
+    ev = ctx.teacher.evaluations or {}
+    return {
+        "evaluations": search.total + (teacher.total if teacher is not None else 0),
+        "teacher_counted": teacher is not None,
+        "teacher": None if teacher is None else teacher.to_json(),
+        "phases": {k: c.to_json() for k, c in state.cost.items()},
+        "excluded": {"teacher_heldout": ev.get("heldout"), "report": report.to_json(),
+                     "baselines": sum(v.get("evaluations", 0)
+                                      for k, v in (baselines or {}).items() if k != "best")},
+    }
+
+
 def to_result(state: SearchState, ctx, *, objective: dict, config: dict, baselines: dict,
-              model_name: str) -> dict:
+              model_name: str, report_cost: Cost = Cost()) -> dict:
     """The result file (schema ``samplax.search/1``): the best candidate's description,
     the fitted plan's arrays, the measured ``objective`` and the phases' records."""
     st, cand = state.best()
@@ -231,6 +266,7 @@ def to_result(state: SearchState, ctx, *, objective: dict, config: dict, baselin
         "tuned_plan": None if state.plan is None else tuned_plan_to_json(state.plan),
         "objective": objective,
         "baselines": baselines or {},
+        "cost": cost_to_json(state, ctx, report_cost, baselines),
         "search": {
             "config": config,
             "seconds": state.seconds,
@@ -256,6 +292,9 @@ def from_result(result: dict, ctx) -> SearchState:
     (fitted, if it was) as the current plan, and its phases' records."""
     if "_steps" not in result:
         raise ResultError("from_result needs a validated result (load_result)")
+    if result.get("solver") is not None:
+        raise ResultError(f"a times-only result ({result['solver']}) has no per-step "
+                          "choices for the search's phases to continue from")
     schedule = ctx.schedule
     ts = jnp.asarray(result["timesteps"])
     afs, steps = bool(result["afs"]), tuple(result["_steps"])
