@@ -494,6 +494,27 @@ def _plot_against_nfe(problem, teacher, result, path: Path, searched: bool,
     print(f"plot -> {path}")
 
 
+def cmd_export(args):
+    _setup_jax()
+    import json
+
+    from samplax.search.export import ExportError, export_schedule
+
+    obj = _check_model(_load_result(args.schedule), args)
+    problem = load_problem(args.model)
+    try:
+        out = export_schedule(obj, problem.schedule, args.format)
+    except ExportError as err:
+        raise SystemExit(f"samplax export: {err}") from None
+    text = json.dumps(out, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"{args.format} schedule of {obj['solver']} ({obj['nfe']} NFE) -> {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_solvers(args):
     from samplax.solvers.registry import SOLVERS
 
@@ -586,6 +607,18 @@ def main(argv=None):
                    help="also draw the error against NFE (baselines and the searched "
                         "schedule)")
     s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("export", help="write a times-only searched schedule as the sigmas "
+                                      "diffusers or ComfyUI take")
+    s.add_argument("schedule", help="a search result JSON (from search --times-only)")
+    s.add_argument("--format", default="json", choices=("json", "diffusers", "comfyui"),
+                   help="json: times, sigmas, labels; diffusers / comfyui: the sigmas with "
+                        "the scheduler or sampler that runs them exactly")
+    s.add_argument("--model", default="gmm64", help=model_help)
+    s.add_argument("--other-model", action="store_true",
+                   help="export a schedule searched for another model")
+    s.add_argument("--out", default=None, help="the file to write (default: stdout)")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("solvers", help="list the registered solvers")
     s.set_defaults(fn=cmd_solvers)
