@@ -877,6 +877,17 @@ _DIFFUSERS_DEFAULTS = {
 }
 
 
+# scheduler -> (builder, variant) for the schedulers that share a builder
+_DIFFUSERS_BUILDERS = {
+    "DPMSolverMultistepScheduler": (_dpm_multistep, "dpm"),
+    "UniPCMultistepScheduler": (_dpm_multistep, "unipc"),
+    "DEISMultistepScheduler": (_dpm_multistep, "deis"),
+    "EulerDiscreteScheduler": (_euler_family, "euler"),
+    "EulerAncestralDiscreteScheduler": (_euler_family, "ancestral"),
+    "HeunDiscreteScheduler": (_euler_family, "heun"),
+}
+
+
 def diffusers_preset(scheduler: str, num_inference_steps: int, *, mu: float | None = None,
                      **config) -> Preset:
     """The samplax plan that reproduces a diffusers scheduler's sampling loop.
@@ -914,21 +925,12 @@ def diffusers_preset(scheduler: str, num_inference_steps: int, *, mu: float | No
     o = _Options(scheduler, _DIFFUSERS_DEFAULTS[scheduler], config)
     if scheduler != "FlowMatchEulerDiscreteScheduler" and mu is not None:
         raise ValueError(f"{scheduler}: mu is only accepted by FlowMatchEulerDiscreteScheduler")
-    if scheduler == "DPMSolverMultistepScheduler":
-        return _dpm_multistep(o, n, "dpm")
-    if scheduler == "UniPCMultistepScheduler":
-        return _dpm_multistep(o, n, "unipc")
-    if scheduler == "DEISMultistepScheduler":
-        return _dpm_multistep(o, n, "deis")
+    if scheduler == "FlowMatchEulerDiscreteScheduler":
+        return _flow_match(o, n, mu)
     if scheduler == "DDIMScheduler":
         return _ddim(o, n)
-    if scheduler == "EulerDiscreteScheduler":
-        return _euler_family(o, n, "euler")
-    if scheduler == "EulerAncestralDiscreteScheduler":
-        return _euler_family(o, n, "ancestral")
-    if scheduler == "HeunDiscreteScheduler":
-        return _euler_family(o, n, "heun")
-    return _flow_match(o, n, mu)
+    build, kind = _DIFFUSERS_BUILDERS[scheduler]
+    return build(o, n, kind)
 
 
 # --------------------------------------------------------------------------------------
