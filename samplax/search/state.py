@@ -207,7 +207,8 @@ def state_from_json(obj: dict, ctx) -> SearchState:
                         {k: _structure_from_json(v) for k, v in obj["structures"].items()},
                         None, dict(obj["records"]), {}, dict(obj["counters"]),
                         float(obj["seconds"]), dict(obj["timings"]),
-                        {k: Cost.from_json(c) for k, c in obj["cost"].items()})
+                        # a checkpoint written before costs were counted has none
+                        {k: Cost.from_json(c) for k, c in obj.get("cost", {}).items()})
     if obj["plan"] is not None:
         best = state.best()
         state = state._replace(plan=with_tuned_plan(ctx.candidate_plan(best[1], best[0].afs),
