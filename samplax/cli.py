@@ -79,7 +79,7 @@ def load_metric(spec: str | None):
     return obj
 
 
-def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True):
+def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True, rtol=None):
     from samplax.search import make_teacher
     from samplax.search.driver import Progress
 
@@ -87,7 +87,7 @@ def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True):
     try:
         return make_teacher(problem.denoiser, problem.schedule, problem.x_T,
                             problem.t_start, problem.t_end, n_cal=n_cal, n_eval=n_eval,
-                            n_fit=n_fit, n_grid=n_grid, seed=seed,
+                            n_fit=n_fit, n_grid=n_grid, seed=seed, rtol=rtol,
                             progress=lambda n: bar.update(n=n))
     finally:
         bar.close()
@@ -133,6 +133,7 @@ def cmd_search(args):
         if args.solver not in SOLVERS:
             raise SystemExit(f"unknown solver {args.solver!r}; choose one of "
                              f"{', '.join(sorted(SOLVERS))}")
+    _apply_budget(args)
     config = _search_config(args)
     metric = load_metric(args.metric)
     problem = load_problem(args.model)
@@ -152,10 +153,14 @@ def cmd_search(args):
     needs = config.teacher_needs(Objective.of(metric, config.trajectory_weight))
     if args.max_evals is not None:
         _check_budget(args, config, needs)
+    budget = args.budget_preset
+    print(f"budget: {args.budget}" + ("" if args.max_evals is None else
+                                      f", at most {args.max_evals:,} evaluations"), flush=True)
     print(f"teacher: {args.n_cal} calibration + {needs['n_fit']} fitting + {args.n_eval} "
           "held-out noises", flush=True)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
-                       needs["n_grid"], progress=not args.quiet)
+                       needs["n_grid"], progress=not args.quiet, rtol=budget.teacher_rtol)
+    print(f"teacher solve: {_teacher_line(teacher.solver)}", flush=True)
     data = _component_data(problem)
     baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished step stays.
@@ -180,6 +185,7 @@ def cmd_search(args):
               f"the {args.time_limit} s; raise --time-limit (finished work is in {ckpt})",
               file=sys.stderr)
         return 1
+    result["budget"] = args.budget
     atomic_write_json(out, result)
     # the result holds everything the checkpoint did (continue_search goes on from it)
     ckpt.unlink(missing_ok=True)
@@ -189,6 +195,27 @@ def cmd_search(args):
         print(f"skipped: {name} ({why})")
     print(f"saved {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _apply_budget(args) -> None:
+    """``--budget NAME``: its calibration noises and evaluation bound unless given
+    (its phase settings come first in :func:`_search_config`)."""
+    from samplax.search.budgets import get_budget
+
+    try:
+        args.budget_preset = get_budget(args.budget)
+    except ValueError as err:
+        raise SystemExit(f"--budget: {err}") from None
+    if args.n_cal is None:
+        args.n_cal = args.budget_preset.n_cal
+    if args.max_evals is None:
+        args.max_evals = args.budget_preset.max_evals
+
+
+def _teacher_line(solver: dict | None) -> str:
+    if not solver or solver.get("method") != "dopri8":
+        return "a custom solve"
+    return f"diffrax Dopri8 in {solver['dtype']}, rtol = atol = {solver['rtol']:g}"
 
 
 def _check_budget(args, config, needs: dict) -> None:
@@ -203,8 +230,9 @@ def _check_budget(args, config, needs: dict) -> None:
     least = smallest_budget(config, args.n_cal, args.nfe, floor)
     if args.max_evals < least:
         raise SystemExit(f"--max-evals {args.max_evals} is too small: the teacher alone needs "
-                         f"at least {floor} and one generation {least - floor}; give at "
-                         f"least {least}, or fewer noises (--n-cal, --n-fit)")
+                         f"at least {floor} and one generation of each structure "
+                         f"{least - floor}; give at least {least}, or fewer noises "
+                         "(--n-cal, --n-fit)")
 
 
 def _print_cost(cost: dict) -> None:
@@ -226,7 +254,8 @@ def _search_times(args, problem, metric, out: Path, t0: float) -> int:
     except ValueError as err:
         raise SystemExit(f"samplax search: {err}") from None
     print(f"teacher: {args.n_cal} calibration + {args.n_eval} held-out noises", flush=True)
-    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, progress=not args.quiet)
+    teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, progress=not args.quiet,
+                       rtol=args.budget_preset.teacher_rtol)
     baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric)
     result = search_times(problem.denoiser, problem.schedule, args.solver, args.nfe, teacher,
                           t_start=problem.t_start, t_end=problem.t_end, metric=metric,
@@ -282,12 +311,13 @@ def _search_config(args):
     from samplax.search import SearchConfig
 
     items = [f"seed={args.seed}"]
+    budget = getattr(args, "budget_preset", None)
+    config = SearchConfig() if budget is None else budget.config()
     for flag, path in (("population", "population.size"),
                        ("generations", "population.generations"),
                        ("n_fit", "coordinate_fit.n_fit")):
         if getattr(args, flag) is not None:
             items.append(f"{path}={getattr(args, flag)}")
-    config = SearchConfig()
     for item in items + list(args.set or ()):
         key, sep, raw = item.partition("=")
         if not sep:
@@ -551,8 +581,14 @@ def main(argv=None):
                    help="the most network evaluations of one sample the search may spend, "
                         "teacher included (held-out report excluded); phases are cut to "
                         "their share, and a budget too small is refused at once")
-    s.add_argument("--n-cal", type=int, default=256,
-                   help="calibration noises the search fits (default 256)")
+    s.add_argument("--budget", default="default", metavar="NAME",
+                   help="the search's size: fast (at most 100k evaluations), default "
+                        "(at most 1M) or thorough (every phase in full, about 12M); "
+                        "sets --n-cal, --max-evals and the phase mix unless given "
+                        "(samplax.search.budgets)")
+    s.add_argument("--n-cal", type=int, default=None,
+                   help="calibration noises the search fits (default: the budget's, "
+                        "32 for fast and default, 256 for thorough)")
     s.add_argument("--n-fit", type=int, default=None,
                    help="extra calibration noises for the per-coordinate fit (default 2048; "
                         "0: skip it); = --set coordinate_fit.n_fit=N")

@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.models.gaussian import GaussianMixture, gaussian, random_mixture
 from samplax.schedules.base import NoiseSchedule
@@ -61,6 +62,15 @@ class Problem(NamedTuple):
         return std * jax.random.normal(key, (n, self.dim), dtype)
 
 
+def _exact(build):
+    """``build()`` run in float64 and cast to the default float: the same mixture, to
+    its rounding, whether x64 is on or off (a float32 draw of the same key would be
+    another mixture)."""
+    with jax.enable_x64(True):
+        mix = jax.tree.map(np.asarray, build())
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), mix)
+
+
 def _ring(n=8, radius=2.0, var=0.02):
     ang = 2 * jnp.pi * jnp.arange(n) / n
     means = radius * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1)
@@ -85,9 +95,9 @@ def _digits():
 
 
 _BUILDERS = {
-    "gmm2d": lambda: Problem("gmm2d", VPLinear(), _ring(), 1.0, 1e-3),
-    "gmm64": lambda: Problem("gmm64", VPLinear(), _gmm64(), 1.0, 1e-3),
-    "gauss64": lambda: Problem("gauss64", VPLinear(), _gauss64(), 1.0, 1e-3),
+    "gmm2d": lambda: Problem("gmm2d", VPLinear(), _exact(_ring), 1.0, 1e-3),
+    "gmm64": lambda: Problem("gmm64", VPLinear(), _exact(_gmm64), 1.0, 1e-3),
+    "gauss64": lambda: Problem("gauss64", VPLinear(), _exact(_gauss64), 1.0, 1e-3),
     "digits": lambda: Problem("digits", VPLinear(), _digits(), 1.0, 1e-3),
 }
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from samplax.search.cost import Cost
+from samplax.search.phases import NO_CANDIDATE
 from samplax.search.state import SearchState
 
 
@@ -86,7 +87,9 @@ def plan_shares(phases: Sequence, state: SearchState, ctx, budget: int) -> dict:
     (:meth:`~samplax.search.phases.Phase.estimate`) if all fit; else each its
     smallest useful cut (:meth:`~samplax.search.phases.Phase.least`, in order, while
     they fit) and the rest in proportion to what each would spend beyond it."""
-    todo = [p for p in phases if not p.done(state)]
+    # a phase that will skip whatever runs before it needs no share
+    todo = [p for p in phases if not p.done(state)
+            and p.skip(state, ctx) in (None, NO_CANDIDATE)]
     est = {p.name: p.estimate(state, ctx).total for p in todo}
     if sum(est.values()) <= budget:
         return est
@@ -101,12 +104,15 @@ def plan_shares(phases: Sequence, state: SearchState, ctx, budget: int) -> dict:
 
 
 def _budgeted(phase, phases: Sequence, state: SearchState, ctx, budget: dict):
-    """``phase`` cut to what the budget leaves it: all that is not spent and not
-    reserved for the phases after it. Returns ``(phase or None, evaluations left)``."""
-    after = [p.name for p in phases[[q.name for q in phases].index(phase.name) + 1:]]
+    """``phase`` cut to what the budget leaves it, and the budget record with the
+    shares planned again for it and the phases after it: the estimates of a later
+    phase are better once the earlier ones have run (the size of the plan a fit
+    tunes). Returns ``(phase or None, evaluations left for it, record)``."""
+    i = [q.name for q in phases].index(phase.name)
     spent = sum(state.cost.values(), Cost()).total
-    left = budget["phases"] - spent - sum(budget["shares"].get(k, 0) for k in after)
-    return phase.within(left, state, ctx), left
+    shares = plan_shares(phases[i:], state, ctx, max(budget["phases"] - spent, 0))
+    left = budget["phases"] - spent - sum(v for k, v in shares.items() if k != phase.name)
+    return phase.within(left, state, ctx), left, {**budget, "shares": shares}
 
 
 def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None = None,
@@ -119,11 +125,12 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
     phases left are skipped for the time limit, with the time they would have needed
     where a step of theirs was timed.
 
-    ``budget``: the sample-evaluations the phases may spend in all. Each phase's
-    share is planned once, up front (:func:`plan_shares`, kept in the state, so a
-    resumed search keeps it); each phase is cut to its share and what earlier phases
-    left unspent (:meth:`~samplax.search.phases.Phase.within`), or skipped if not
-    even its smallest useful step fits."""
+    ``budget``: the sample-evaluations the phases may spend in all (kept in the
+    state, so a resumed search keeps it). Before each phase the shares of it and the
+    phases after it are planned from what is left (:func:`plan_shares`); the phase is
+    cut to all that the later phases' shares leave
+    (:meth:`~samplax.search.phases.Phase.within`), or skipped if not even its
+    smallest useful step fits."""
     clock = clock or Clock.started(state.seconds)
     if budget is not None and "budget" not in state.records:
         spent = sum(state.cost.values(), Cost()).total
@@ -136,7 +143,9 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
             continue
         reason, last = phase.skip(state, ctx), None
         if reason is None and budget is not None:
-            cut, left = _budgeted(phase, phases, state, ctx, state.records["budget"])
+            cut, left, record = _budgeted(phase, phases, state, ctx,
+                                          state.records["budget"])
+            state = state.with_record("budget", record)
             if cut is None:
                 reason = (f"evaluation budget (about {phase.estimate(state, ctx).total} "
                           f"evaluations; {max(left, 0)} left for it)")

@@ -18,7 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from samplax.metrics import error_summary, per_sample_rmse
-from samplax.models.reference import LAM_CAP, reference_solve
+from samplax.models.reference import (
+    LAM_CAP,
+    reference_solve,
+    reference_tolerance,
+    solve_dtype,
+)
 from samplax.solvers.executor import sample
 
 
@@ -47,10 +52,13 @@ class Teacher(NamedTuple):
     # sample-evaluations each part cost ({"calibration", "fitting", "heldout",
     # "trajectories"}; None: a solve that does not count its calls)
     evaluations: dict | None = None
+    # what solved it: {"method": "dopri8", "rtol", "dtype"} for the default solve,
+    # {"method": "custom"} for another
+    solver: dict | None = None
 
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
-                 n_fit=0, n_grid=0, seed=0, solve=None, batch=512,
+                 n_fit=0, n_grid=0, seed=0, solve=None, batch=512, rtol=None,
                  progress: Callable[[int], None] | None = None) -> Teacher:
     """Draw disjoint calibration/evaluation noises and solve the PF-ODE for each.
 
@@ -61,20 +69,32 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     noises' reference trajectories at that many half log-SNRs, uniform from
     ``t_start`` to ``t_end`` (capped at :data:`~samplax.models.reference.LAM_CAP`),
     with their derivatives, for :func:`teacher_states` (needs the default ``solve``).
-    ``progress(n)`` is called after each batch of ``n`` noises solved.
+    ``progress(n)`` is called after each batch of ``n`` noises solved. ``rtol``: the
+    default solve's tolerance (:func:`~samplax.models.reference.reference_tolerance`
+    of the noises' dtype: 1e-10 in float64, 1e-5 in float32, bfloat16 noises solved
+    in float32); ``Teacher.solver`` records what ran.
 
     The teacher's cost is in ``evaluations`` (sample-evaluations per part): counted
     for the default solve; a custom ``solve`` may return ``(x_end, calls)``, the
     number of denoiser calls on its batch, to be counted too.
     """
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
+    x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
     if solve is None:
         ts = jnp.array([t_start, t_end])
+        dtype = solve_dtype(x_cal.dtype)
+        rtol = reference_tolerance(dtype) if rtol is None else float(rtol)
+        described = {"method": "dopri8", "rtol": rtol, "dtype": jnp.dtype(dtype).name}
 
         @jax.jit
         def solve(x):
-            xs, calls = reference_solve(denoiser, schedule, x, ts, return_evaluations=True)
+            xs, calls = reference_solve(denoiser, schedule, x, ts, rtol=rtol,
+                                        return_evaluations=True)
             return xs[-1], calls
+    elif rtol is not None:
+        raise ValueError("rtol is the default solve's tolerance; a custom solve sets its own")
+    else:
+        described = {"method": "custom"}
 
     spent = {}
 
@@ -97,7 +117,6 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
         spent[part] = 0
         return run(x, part)
 
-    x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
     if n_fit < 0 or n_grid < 0 or n_grid == 1:
         raise ValueError(f"n_fit must be >= 0 and n_grid 0 or >= 2, got {n_fit}, {n_grid}")
     teacher = Teacher(x_cal, solved(x_cal, "calibration"), x_eval, solved(x_eval, "heldout"))
@@ -111,7 +130,8 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
 
         @jax.jit
         def trajectory(x):
-            xs, calls = reference_solve(denoiser, schedule, x, ts, return_evaluations=True)
+            xs, calls = reference_solve(denoiser, schedule, x, ts, rtol=rtol,
+                                        return_evaluations=True)
             expand = (...,) + (None,) * x.ndim
             xt = xs / schedule.alpha(ts)[expand]
             # the PF-ODE in x / alpha and lam (samplax.models.reference)
@@ -123,7 +143,8 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
         teacher = teacher._replace(traj_lam=lams,
                                    traj_cal=jnp.concatenate([p[0] for p in parts], axis=1),
                                    dtraj_cal=jnp.concatenate([p[1] for p in parts], axis=1))
-    return teacher._replace(evaluations=spent if "calibration" in spent else None)
+    return teacher._replace(evaluations=spent if "calibration" in spent else None,
+                            solver=described)
 
 
 def teacher_states(teacher: Teacher, schedule, t) -> jax.Array:

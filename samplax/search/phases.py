@@ -123,8 +123,12 @@ def _iters_within(budget: int, fixed: Cost, per_iter: Cost) -> int:
     return max((budget - fixed.total) // max(per_iter.total, 1), -1)
 
 
+#: The one reason to skip that an earlier phase can remove (a budget plans for it).
+NO_CANDIDATE = "no candidate yet"
+
+
 def _no_candidate(state: SearchState) -> str | None:
-    return None if state.best() is not None else "no candidate yet"
+    return None if state.best() is not None else NO_CANDIDATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,13 +420,17 @@ class PlanFit(Phase):
 
     def _directions(self, state, ctx) -> int:
         """Forward-mode directions of the Jacobian: the plan's free entries, rounded
-        up to the Levenberg-Marquardt chunk of 64 (estimated from the structure
-        before a plan exists)."""
+        up to the Levenberg-Marquardt chunk of 64 (before a plan exists, those of the
+        largest plan the space allows: every step of the highest order, corrected,
+        on the structure with the most steps)."""
         if state.best() is not None:
-            p = sum(np.size(a) for a in jax.tree.leaves(zero_delta(current_plan(state,
-                                                                                ctx))))
-        else:  # a multistep plan: ~3 coefficients per slot and combination, + times
-            p = 7 * ctx.nfe + 3
+            plan = current_plan(state, ctx)
+        else:
+            afs = max(ctx.space.structures(ctx.nfe))
+            n = ctx.nfe + int(afs)
+            steps = (Step("data", max(ctx.space.orders), True),) * n
+            plan = ctx.candidate_plan(Candidate(steps, Params.zeros(n, afs), 0.0), afs)
+        p = sum(np.size(a) for a in jax.tree.leaves(zero_delta(plan)))
         return -(-p // 64) * 64
 
     def estimate(self, state, ctx):

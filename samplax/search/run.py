@@ -121,17 +121,19 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
     finally:
         bar.close()
     if state.best() is None:
-        raise RuntimeError("the time limit ended the search before any candidate was refined")
+        why = "; ".join(f"{k}: {v}" for k, v in state.skipped.items())
+        raise RuntimeError(f"no candidate was refined ({why or 'no phase made one'})")
     return report(state, ctx, config, data=data, baselines=baselines, model_name=model_name)
 
 
 def smallest_budget(config: SearchConfig, n_cal: int, nfe: int, teacher: int) -> int:
     """The smallest sensible ``max_evals``: the teacher's ``teacher`` evaluations and
-    one generation of the population (the first candidates refined)."""
+    the population's smallest useful cut (one generation of each structure, its first
+    candidates refined)."""
     pop = next((p for p in config.phases if isinstance(p, Population)), Population())
     gen = sampling(n_cal, nfe, pop.size) + adam(n_cal, nfe, pop.refine_iters,
                                                  min(pop.elites, pop.size))
-    return teacher + gen.total
+    return teacher + gen.total * len(config.space.structures(nfe))
 
 
 def phase_budget(max_evals: int, config: SearchConfig, ctx) -> int:
@@ -146,8 +148,9 @@ def phase_budget(max_evals: int, config: SearchConfig, ctx) -> int:
     least = smallest_budget(config, int(ctx.teacher.x_cal.shape[0]), ctx.nfe, teacher.total)
     if max_evals < least:
         raise ValueError(f"max_evals={max_evals} is too small: the teacher spent "
-                         f"{teacher.total} and one generation of the population needs "
-                         f"{least - teacher.total}; the smallest sensible budget is "
+                         f"{teacher.total} and one generation of each structure of the "
+                         f"population needs {least - teacher.total}; the smallest sensible "
+                         f"budget is "
                          f"{least} (or fewer calibration noises)")
     return max_evals - teacher.total
 

@@ -268,6 +268,7 @@ def to_result(state: SearchState, ctx, *, objective: dict, config: dict, baselin
         "objective": objective,
         "baselines": baselines or {},
         "cost": cost_to_json(state, ctx, report_cost, baselines),
+        "teacher": ctx.teacher.solver,
         "search": {
             "config": config,
             "seconds": state.seconds,
