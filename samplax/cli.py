@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 
-def _setup_jax():
+def _setup_jax(precision: str = "float64"):
     import jax
 
-    # Search and references are float64 computations (DESIGN: exactness in x64).
-    jax.config.update("jax_enable_x64", True)
+    # Search and references are float64 computations (DESIGN: exactness in x64);
+    # --precision float32 runs as on a device without float64: the built-in models,
+    # the noises and the teacher in float32 (samplax.models.reference.RTOL).
+    jax.config.update("jax_enable_x64", precision == "float64")
 
 
 def _resolve(spec: str, what: str):
@@ -116,7 +118,7 @@ def _component_data(problem):
 
 
 def cmd_search(args):
-    _setup_jax()
+    _setup_jax(args.precision)
     from samplax.search import atomic_write_json, search
     from samplax.search.context import Objective
 
@@ -586,6 +588,9 @@ def main(argv=None):
                         "(at most 1M) or thorough (every phase in full, about 12M); "
                         "sets --n-cal, --max-evals and the phase mix unless given "
                         "(samplax.search.budgets)")
+    s.add_argument("--precision", default="float64", choices=("float64", "float32"),
+                   help="float32: x64 off, as on a TPU or a float32 model; the teacher "
+                        "then solves in float32 (rtol 1e-5)")
     s.add_argument("--n-cal", type=int, default=None,
                    help="calibration noises the search fits (default: the budget's, "
                         "32 for fast and default, 256 for thorough)")

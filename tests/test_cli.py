@@ -115,7 +115,8 @@ def test_bad_config_overrides_are_refused(tmp_path):
         with pytest.raises(SystemExit, match=match):
             main(base + ["--set", bad])
     for flag, match in [("--n-fit=-1", "--n-fit must be >= 0"),
-                        ("--n-cal=0", "--n-cal must be >= 1")]:
+                        ("--n-cal=0", "--n-cal must be >= 1"),
+                        ("--budget=huge", "--budget: unknown budget 'huge'")]:
         with pytest.raises(SystemExit, match=match):
             main(base + [flag])
 
@@ -128,6 +129,12 @@ def test_config_overrides_take_bare_words_and_old_flat_names(capsys):
     args = argparse.Namespace(seed=3, population=None, generations=5, n_fit=None,
                               set=["basis=none", "plan_fit.method=adam", "lr=0.1"])
     config = _search_config(args)
+    assert config.phase("population").size == 48  # no budget: SearchConfig()'s
+    from samplax.search.budgets import BUDGETS
+
+    fast = _search_config(argparse.Namespace(**vars(args), budget_preset=BUDGETS["fast"]))
+    # the budget's mix first, then the flags and --set on top
+    assert fast.phase("population").size == 16 and fast.phase("population").generations == 5
     assert config.phase("output_fit").basis == config.phase("coordinate_fit").basis == "none"
     assert config.phase("plan_fit").method == "adam" and config.seed == 3
     assert config.phase("population").generations == 5

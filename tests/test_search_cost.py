@@ -207,3 +207,33 @@ def test_a_budget_too_small_is_refused_before_any_work(teacher):
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             phase_budget(bad, SMALL, _context(den, t))
+
+
+def test_a_phase_that_will_skip_gets_no_share(teacher):
+    """Coordinate fit without fitting noises would skip: a budget reserves nothing
+    for it, and the other phases are planned with what the budget holds."""
+    from samplax.search.driver import plan_shares
+
+    t, _ = teacher
+    ctx = _context(DATA.denoiser(S), t._replace(x_fit=None, ref_fit=None))
+    phases = SMALL.phases
+    shares = plan_shares(phases, SearchState.new({}), ctx, 10**9)
+    assert "coordinate_fit" not in shares and "population" in shares
+    assert shares["population"] > 0
+
+
+def test_named_budgets():
+    from samplax.search.budgets import BUDGETS, get_budget
+
+    assert list(BUDGETS) == ["fast", "default", "thorough"]
+    assert BUDGETS["fast"].max_evals == 100_000 and BUDGETS["default"].max_evals == 1_000_000
+    assert BUDGETS["thorough"].max_evals is None
+    assert BUDGETS["thorough"].config() == SearchConfig()
+    fast = BUDGETS["fast"].config()
+    assert fast.phase("population").generations == 1
+    assert fast.phase("coordinate_fit").n_fit == 0  # no extra teacher noises
+    # on top of another config: the budget's settings win, the rest stays
+    assert BUDGETS["fast"].config(SearchConfig(seed=3)).seed == 3
+    assert "at most 100,000 evaluations" in BUDGETS["fast"].describe()
+    with pytest.raises(ValueError, match="unknown budget 'huge'.*fast"):
+        get_budget("huge")
