@@ -403,7 +403,17 @@ def cmd_sample(args):
         except ValueError as err:  # an unknown solver or step schedule, an infeasible NFE
             raise SystemExit(f"samplax sample: {err}") from None
     x_T = problem.x_T(jax.random.key(args.seed), args.n)
-    x = np.asarray(jax.jit(lambda p, x: sample(problem.denoiser, p, x))(plan, x_T))
+    # checked: a NaN or inf anywhere names its slot instead of saving a broken sample
+    check = plan.basis is None
+    try:
+        x = np.asarray(jax.jit(lambda p, x: sample(problem.denoiser, p, x, check=check))(
+            plan, x_T))
+    except Exception as err:  # the check's error arrives wrapped by the runtime
+        msg = str(err)
+        if "sample(check=True)" not in msg:
+            raise
+        line = msg[msg.index("sample(check=True)"):].splitlines()[0]
+        raise SystemExit(f"samplax sample: {line}") from None
     if out.suffix == ".npy":
         np.save(out, x)
     else:

@@ -5,11 +5,15 @@ import json
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from samplax.cli import main
 from samplax.schedules import VPLinear
 from samplax.search import ResultError, load_plan, load_result
+from samplax.solvers.executor import sample
 from samplax.solvers.registry import SOLVERS, steps_for_nfe
 
 SAVED = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -92,3 +96,74 @@ def test_the_cli_refuses_a_schedule_of_another_model(tmp_path, capsys):
                  "--n", "4", "--out", out]) == 0
     with pytest.raises(SystemExit, match="cannot use .*not a JSON file"):
         main(["sample", "--schedule", __file__, "--out", out])
+
+
+# --- the checked mode: sample(check=True) names the first non-finite slot -------------
+
+
+def _nan_from_slot(den, plan, slot):
+    def bad(x, t):
+        return jnp.where(t <= plan.t[slot], jnp.nan, den(x, t))
+
+    return bad
+
+
+@pytest.fixture(scope="module")
+def checked():
+    from samplax.models.builtin import builtin
+    from samplax.solvers.registry import plan_for_nfe
+
+    p = builtin("gmm64")
+    plan = plan_for_nfe("dpm_solver_pp_2m", p.schedule, 6)
+    return p, plan, p.x_T(jax.random.key(0), 4)
+
+
+def test_check_names_the_slot_where_the_model_output_went_non_finite(checked):
+    p, plan, x = checked
+    bad = _nan_from_slot(p.denoiser, plan, 2)
+    assert bool(jnp.all(jnp.isnan(sample(bad, plan, x))))  # unchecked: silent, by default
+    with pytest.raises(FloatingPointError, match=r"model output became non-finite at slot "
+                                                 r"2 \(t = 0\.6"):
+        sample(bad, plan, x, check=True)
+    with pytest.raises(FloatingPointError, match="at slot 2"):
+        jax.vmap(lambda x: sample(bad, plan, x, check=True))(x[:, None])
+    # compiled: the runtime wraps the error, the message is inside
+    with pytest.raises(Exception, match="model output became non-finite at slot 2"):
+        jax.jit(lambda x: sample(bad, plan, x, check=True))(x)
+
+
+def test_check_names_a_non_finite_initial_noise_and_passes_a_good_run(checked):
+    p, plan, x = checked
+    with pytest.raises(FloatingPointError, match="x_T is not finite"):
+        sample(p.denoiser, plan, x.at[1, 3].set(jnp.inf), check=True)
+    np.testing.assert_array_equal(sample(p.denoiser, plan, x, check=True),
+                                  sample(p.denoiser, plan, x))
+
+
+def test_a_denoiser_returning_integers_is_refused(checked):
+    p, plan, x = checked
+    with pytest.raises(TypeError, match="denoiser returned dtype int"):
+        sample(lambda x, t: jnp.round(x).astype(jnp.int32), plan, x)
+
+
+def test_cli_sample_is_checked(tmp_path, monkeypatch):
+    """samplax sample runs checked: a model that returns NaN ends with a message that
+    names the slot, and no file."""
+    import samplax.cli as cli
+    from samplax.models.builtin import builtin
+
+    p = builtin("gmm64")
+
+    class NaNData:  # a data model whose denoiser breaks below t = 0.5
+        dim = p.data.dim
+
+        def denoiser(self, schedule):
+            den = p.data.denoiser(schedule)
+            return lambda x, t: jnp.where(t < 0.5, jnp.nan, den(x, t))
+
+    monkeypatch.setattr(cli, "load_problem", lambda name: p._replace(data=NaNData()))
+    out = tmp_path / "x.npy"
+    with pytest.raises(SystemExit, match=r"samplax sample: sample\(check=True\): the model "
+                                         r"output became non-finite at slot \d"):
+        cli.main(["sample", "--model", "gmm64", "--nfe", "6", "--n", "4", "--out", str(out)])
+    assert not out.exists()

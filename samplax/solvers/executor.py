@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.numerics import safe_div
 from samplax.solvers.plan import Combo, Plan
@@ -146,6 +147,31 @@ def _rotation(basis, shape):
     return to, back
 
 
+def _first_bad(bad, k, finite_state, finite_output):
+    """``bad = [slot, what]`` updated at slot ``k``: the first slot at which the model
+    output (``what = 1``) or the state after the slot (``what = 2``) is not finite."""
+    hit = (bad[0] < 0) & ~(finite_state & finite_output)
+    what = jnp.where(finite_output, 2, 1)
+    return jnp.where(hit, jnp.stack([k, what]).astype(bad.dtype), bad)
+
+
+def _raise_if_bad(bad, ts, x_finite):
+    """Host side of ``sample(check=True)``: raise on the first non-finite slot."""
+    bad, ts, x_finite = np.asarray(bad), np.asarray(ts), np.asarray(x_finite)
+    if not np.all(x_finite):
+        raise FloatingPointError("sample(check=True): x_T is not finite (NaN or inf in the "
+                                 "initial noise)")
+    # under vmap the arrays carry batch axes: report the first run that went wrong
+    rows = bad.reshape(-1, 2)
+    for slot, what in rows:
+        if slot >= 0:
+            t = ts.reshape(-1, ts.shape[-1])[0][slot]
+            part = {1: "the model output", 2: "the state",
+                    3: "the sample (the plan's output combination)"}[int(what)]
+            raise FloatingPointError(f"sample(check=True): {part} became non-finite at slot "
+                                     f"{slot} (t = {t:.6g}); the earlier slots were finite")
+
+
 def _sample_in_basis(denoiser, plan: Plan, x_T, key, return_trajectory, hook, noise):
     """Run ``plan`` on the coordinates of ``x_T`` in ``plan.basis`` (see :class:`Plan`):
     the initial noise is rotated in, the denoiser sees and returns samples in their
@@ -199,6 +225,7 @@ def sample(
     return_trajectory: bool = False,
     hook: SlotHook | None = None,
     noise: NoiseSource | None = None,
+    check: bool = False,
 ):
     """Draw samples by running ``plan`` from the initial noise ``x_T``.
 
@@ -222,6 +249,13 @@ def sample(
             :class:`samplax.solvers.noise.BrownianNoise` is called as
             ``noise(key, span, shape, dtype)`` with the slot's
             :attr:`~samplax.solvers.plan.Plan.noise_span` row.
+        check: raise ``FloatingPointError`` naming the first slot (and its time) at
+            which the model output or the state became NaN or inf, or a non-finite
+            ``x_T``, instead of returning a non-finite sample. The test runs in the
+            compiled program (a flag carried through the scan, reported by one host
+            callback at the end), so it works under ``jit`` and ``vmap``; off, nothing
+            is traced. Under ``jit`` the error arrives wrapped in the runtime's
+            exception, with this message inside.
 
     Returns:
         The sample (same shape and dtype as ``x_T``); then the trajectory if asked;
@@ -239,6 +273,9 @@ def sample(
     if hook is not None and key is None:
         raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
     if plan.basis is not None:
+        if check:
+            raise ValueError("check=True is not supported for a plan with a basis yet; "
+                             "sample without it")
         return _sample_in_basis(denoiser, plan, x_T, key, return_trajectory, hook, noise)
     _check_coordinates(plan, x_T.shape)
     dtype = x_T.dtype
@@ -262,7 +299,7 @@ def sample(
 
     def make_body(den, i):
         def body(carry, slot):
-            x, D, E, hs, ds = carry
+            (x, D, E, hs, ds), bad = carry
             k, t, alpha, sigma, ce, cu = slot
             z = draw(k)
             x_eval = _combine(ce, x, D, E, z, dtype)
@@ -271,7 +308,11 @@ def sample(
                 ds = ds[:i] + (s_i,) + ds[i + 1:]
             else:
                 d = den(x_eval, t)
-            d = jnp.asarray(d).astype(dtype)
+            d = jnp.asarray(d)
+            if not jnp.issubdtype(d.dtype, jnp.floating):
+                raise TypeError(f"the denoiser returned dtype {d.dtype}; it must return "
+                                "floating-point predictions of x0")
+            d = d.astype(dtype)
             if d.shape != x_eval.shape:
                 raise ValueError(
                     f"denoiser returned shape {d.shape} for input of shape {x_eval.shape}"
@@ -287,21 +328,28 @@ def sample(
             if hook is not None:
                 hk = jax.random.fold_in(key, -1 - k)
                 hs, x, D, E = hook(hs, k, t, x, D, E, d, hk)
-            return (x, D, E, hs, ds), (x if return_trajectory else None)
+            if check:
+                bad = _first_bad(bad, k, jnp.all(jnp.isfinite(x)), jnp.all(jnp.isfinite(d)))
+            return ((x, D, E, hs, ds), bad), (x if return_trajectory else None)
 
         return body
 
     segments = _segments(denoiser, K)
     ds0 = tuple(den.init_state(x_T) if _is_stateful(den) else None for den, _, _ in segments)
-    carry = (x_T, D0, E0, None if hook is None else hook.init(x_T), ds0)
+    carry = ((x_T, D0, E0, None if hook is None else hook.init(x_T), ds0),
+             jnp.array([-1, 0], jnp.int32) if check else None)
     trajs = []
     slots = (jnp.arange(K), plan.t, plan.alpha, plan.sigma, plan.evaluate, plan.update)
     for i, (den, a, b) in enumerate(segments):
         part = jax.tree.map(lambda v: v[a:b], slots)
         carry, traj = jax.lax.scan(make_body(den, i), carry, part)
         trajs.append(traj)
-    x, D, E, hs, _ = carry
+    (x, D, E, hs, _), bad = carry
     out = _combine(plan.final, x, D, E, draw(K), dtype)
+    if check:
+        hit = (bad[0] < 0) & ~jnp.all(jnp.isfinite(out))
+        bad = jnp.where(hit, jnp.array([K - 1, 3], jnp.int32), bad)
+        jax.debug.callback(_raise_if_bad, bad, plan.t, jnp.all(jnp.isfinite(x_T)))
     result = (out,)
     if return_trajectory:
         result += (jnp.concatenate(trajs) if len(trajs) > 1 else trajs[0],)
