@@ -22,7 +22,7 @@ def test_time_limit_bounds_the_whole_command(tmp_path):
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "samplax.cli", "search", "--model", "gauss64", "--nfe", "3",
            "--n-cal", "32", "--n-eval", "64", "--n-fit", "64", "--quiet", "--time-limit", "60",
-           "--generations", "100", "--out", str(out)]
+           "--generations", "100", "--budget", "thorough", "--out", str(out)]
     t0 = time.time()
     done = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                           text=True, timeout=300)
