@@ -49,27 +49,25 @@ class Budget(NamedTuple):
                f"{self.summary}"
 
 
-_SMALL = (("coordinate_fit.n_fit", 0),)  # no extra teacher noises
+def _mix(size, generations, refine_iters, refine, polish, lm) -> tuple:
+    """The settings of a small budget: population, refinements, LM steps, and no
+    extra teacher noises (the per-coordinate fit skipped)."""
+    return (("population.size", size), ("population.generations", generations),
+            ("population.elites", 2), ("population.refine_iters", refine_iters),
+            ("refine.iters", refine), ("polish.iters", polish), ("plan_fit.iters", lm),
+            ("coordinate_fit.n_fit", 0))
+
 
 #: The named budgets, smallest first. ``thorough`` is the full search of samplax
 #: 0.2 (about 12M evaluations at NFE 5 with its float64 teacher).
 BUDGETS: dict[str, Budget] = {
-    "fast": Budget(
-        "fast", 100_000, 32, 1e-5,
-        (("population.size", 16), ("population.generations", 1),
-         ("population.elites", 2), ("population.refine_iters", 10),
-         ("refine.iters", 15), ("polish.iters", 10), ("plan_fit.iters", 3)) + _SMALL,
-        "one generation, short refinements, a few Levenberg-Marquardt steps"),
-    "default": Budget(
-        "default", 1_000_000, 32, 1e-5,
-        (("population.size", 24), ("population.generations", 2),
-         ("population.elites", 2), ("population.refine_iters", 15),
-         ("refine.iters", 60), ("polish.iters", 40), ("plan_fit.iters", 30)) + _SMALL,
-        "two generations, most of the budget on the Levenberg-Marquardt fit"),
-    "thorough": Budget(
-        "thorough", None, 256, None, (),
-        "every phase at its default size, the per-coordinate fit on 2048 extra "
-        "teacher noises"),
+    "fast": Budget("fast", 100_000, 32, 1e-5, _mix(16, 1, 10, 15, 10, 3),
+                   "one generation, short refinements, a few Levenberg-Marquardt steps"),
+    "default": Budget("default", 1_000_000, 32, 1e-5, _mix(24, 2, 15, 60, 40, 30),
+                      "two generations, most of the budget on the Levenberg-Marquardt fit"),
+    "thorough": Budget("thorough", None, 256, None, (),
+                       "every phase at its default size, the per-coordinate fit on 2048 "
+                       "extra teacher noises"),
 }
 
 

@@ -133,10 +133,9 @@ def run_phases(phases: Sequence, state: SearchState, ctx, *, clock: Clock | None
     smallest useful step fits."""
     clock = clock or Clock.started(state.seconds)
     if budget is not None and "budget" not in state.records:
+        # the total only: the shares are planned before each phase (_budgeted)
         spent = sum(state.cost.values(), Cost()).total
-        state = state.with_record("budget", {
-            "phases": int(budget) + spent,
-            "shares": plan_shares(phases, state, ctx, int(budget))})
+        state = state.with_record("budget", {"phases": int(budget) + spent})
     skipped = {}
     for phase in phases:
         if phase.done(state):

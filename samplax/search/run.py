@@ -150,8 +150,7 @@ def phase_budget(max_evals: int, config: SearchConfig, ctx) -> int:
         raise ValueError(f"max_evals={max_evals} is too small: the teacher spent "
                          f"{teacher.total} and one generation of each structure of the "
                          f"population needs {least - teacher.total}; the smallest sensible "
-                         f"budget is "
-                         f"{least} (or fewer calibration noises)")
+                         f"budget is {least} (or fewer calibration noises)")
     return max_evals - teacher.total
 
 
