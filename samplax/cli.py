@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import signal
 import sys
 import time
@@ -45,6 +46,32 @@ def _resolve(spec: str, what: str):
         raise SystemExit(f"{what} {spec!r}: module {mod!r} ({module.__file__}) has no "
                          f"attribute {attr!r}")
     return getattr(module, attr)
+
+
+def _integer(least: int, most: int | None = None):
+    """An argparse type: an integer in ``[least, most]`` (exit code 2 otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            rng = f">= {least}" if most is None else f"in {least}..{most:,}"
+            raise argparse.ArgumentTypeError(f"must be an integer {rng}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 def load_problem(spec: str):
@@ -122,10 +149,8 @@ def cmd_search(args):
     from samplax.search import atomic_write_json, search
     from samplax.search.context import Objective
 
-    # bad options fail here, before minutes of teacher and baselines
-    for name, least in (("n_cal", 1), ("n_eval", 1), ("n_fit", 0)):
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}")
+    # bad options fail here, before minutes of teacher and baselines (argparse checked
+    # each number's type and range)
     if args.times_only != (args.solver is not None):
         raise SystemExit("--times-only and --solver NAME go together: the times of one "
                          "registered solver (samplax solvers lists them)")
@@ -139,8 +164,12 @@ def cmd_search(args):
     config = _search_config(args)
     metric = load_metric(args.metric)
     problem = load_problem(args.model)
+    _check_metric(metric, args.metric, problem)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.json")
+    for path, what in ((out, "--out"), (ckpt, "--checkpoint")):
+        if not path.parent.is_dir():
+            raise SystemExit(f"{what}: cannot write {path}: no directory {path.parent}")
     if args.force:
         ckpt.unlink(missing_ok=True)
     elif ckpt.exists() and not args.resume:
@@ -148,6 +177,8 @@ def cmd_search(args):
                          "start again")
     elif out.exists() and not ckpt.exists():
         return _finished(out)
+    if args.resume and ckpt.exists():
+        _check_checkpoint(ckpt)
     t0 = time.perf_counter()
     if args.times_only:
         return _search_times(args, problem, metric, out, t0)
@@ -174,7 +205,8 @@ def cmd_search(args):
                         time_limit=None if args.time_limit is None
                         else max(args.time_limit - (time.perf_counter() - t0), 0.0),
                         data=data, baselines=baselines, model_name=args.model,
-                        progress=not args.quiet, metric=metric, max_evals=args.max_evals)
+                        model_fingerprint=problem.fingerprint, progress=not args.quiet,
+                        metric=metric, max_evals=args.max_evals)
     except ValueError as err:  # a budget the teacher left too little of
         if args.max_evals is None:
             raise
@@ -262,7 +294,7 @@ def _search_times(args, problem, metric, out: Path, t0: float) -> int:
     result = search_times(problem.denoiser, problem.schedule, args.solver, args.nfe, teacher,
                           t_start=problem.t_start, t_end=problem.t_end, metric=metric,
                           data=_component_data(problem), baselines=baselines,
-                          model_name=args.model)
+                          model_name=args.model, model_fingerprint=problem.fingerprint)
     atomic_write_json(out, result)
     _print_comparison(result, label=f"{args.solver}, searched times")
     print(f"saved {out} ({time.perf_counter() - t0:.0f} s); samplax export {out} --format "
@@ -279,11 +311,53 @@ def _load_result(path):
         raise SystemExit(f"cannot use {path}: {err}") from None
 
 
-def _check_model(obj: dict, args) -> dict:
-    """Refuse a schedule searched for another model, unless ``--other-model``."""
-    if obj.get("model") not in (None, args.model) and not args.other_model:
-        raise SystemExit(f"this schedule was searched for --model {obj['model']}, not "
-                         f"{args.model}; pass --other-model to use it anyway")
+def _check_metric(metric, spec, problem) -> None:
+    """A ``module:function`` metric is called once on two tiny batches: one that does
+    not take ``(samples, ref)`` or give a finite number fails here, not after the
+    teacher."""
+    if not callable(metric):
+        return
+    import jax.numpy as jnp
+
+    x = jnp.linspace(-1.0, 1.0, 4 * problem.dim).reshape(4, problem.dim)
+    try:
+        value = float(metric(x, 0.5 * x))
+    except Exception as err:  # noqa: BLE001 - the user's function: say what it did
+        raise SystemExit(f"--metric {spec}: calling it as fn(samples, ref) on [4, "
+                         f"{problem.dim}] arrays failed: {type(err).__name__}: {err}") from None
+    if not math.isfinite(value):
+        raise SystemExit(f"--metric {spec}: gave {value} on two finite batches; it must "
+                         "return a finite scalar")
+
+
+def _check_checkpoint(ckpt: Path) -> None:
+    """``--resume`` reads the checkpoint before any work: a truncated or foreign file
+    fails now with its reason."""
+    import json
+
+    try:
+        obj = json.loads(ckpt.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--resume: cannot read the checkpoint {ckpt} ({err}); delete it "
+                         "or pass --force to start again") from None
+    from samplax.search.state import STATE_SCHEMA
+
+    if not isinstance(obj, dict) or obj.get("schema") != STATE_SCHEMA or "ident" not in obj:
+        raise SystemExit(f"--resume: {ckpt} is not a samplax search checkpoint (schema "
+                         f"{STATE_SCHEMA}); delete it or pass --force to start again")
+
+
+def _check_model(obj: dict, args, problem=None) -> dict:
+    """Refuse a schedule searched for another model (by name, and by fingerprint when
+    ``problem`` is given), unless ``--other-model``."""
+    from samplax.search.result import ResultError, check_result_model
+
+    if args.other_model:
+        return obj
+    try:
+        check_result_model(obj, args.model, None if problem is None else problem.fingerprint)
+    except ResultError as err:
+        raise SystemExit(f"{err}; pass --other-model to use it anyway") from None
     return obj
 
 
@@ -394,7 +468,7 @@ def cmd_sample(args):
     _check_writable(out, picture=out.suffix == ".png")
     problem = load_problem(args.model)
     if args.schedule:
-        _check_model(_load_result(args.schedule), args)
+        _check_model(_load_result(args.schedule), args, problem)
         plan = load_plan(args.schedule, problem.schedule)
     else:
         try:
@@ -469,11 +543,14 @@ def cmd_compare(args):
     obj = None
     nfe = args.nfe
     if args.searched:
-        obj = _check_model(_load_result(args.searched), args)
+        obj = _check_model(_load_result(args.searched), args, problem)
         # compare at the searched budget unless told otherwise (then resized to it)
         nfe = obj["nfe"] if nfe is None else nfe
         if nfe != obj["nfe"]:
-            obj = resize_result(obj, nfe, problem.schedule)
+            try:
+                obj = resize_result(obj, nfe, problem.schedule)
+            except ValueError as err:
+                raise SystemExit(f"samplax compare: --nfe {nfe}: {err}") from None
     elif nfe is None:
         nfe = 10
     teacher = _teacher(problem, 8, args.n, args.seed, progress=not args.quiet)
@@ -542,8 +619,10 @@ def cmd_export(args):
 
     from samplax.search.export import ExportError, export_schedule
 
-    obj = _check_model(_load_result(args.schedule), args)
+    if args.out:
+        _check_writable(Path(args.out), picture=False)
     problem = load_problem(args.model)
+    obj = _check_model(_load_result(args.schedule), args, problem)
     try:
         out = export_schedule(obj, problem.schedule, args.format)
     except ExportError as err:
@@ -568,6 +647,7 @@ def cmd_solvers(args):
 def main(argv=None):
     from samplax import __version__
     from samplax.models.builtin import builtin_problems
+    from samplax.solvers.registry import MAX_NFE
 
     ap = argparse.ArgumentParser(prog="samplax", description="Diffusion sampling solvers.")
     ap.add_argument("--version", action="version", version=f"samplax {__version__}")
@@ -577,7 +657,7 @@ def main(argv=None):
 
     s = sub.add_parser("search", help="search the best schedule for a model and NFE budget")
     s.add_argument("--model", default="gmm64", help=model_help)
-    s.add_argument("--nfe", type=int, required=True,
+    s.add_argument("--nfe", type=_integer(1, MAX_NFE), required=True,
                    help="the exact budget of network evaluations per sample")
     s.add_argument("--out", default="schedule.json", help="the result file (JSON)")
     s.add_argument("--checkpoint", default=None,
@@ -586,10 +666,10 @@ def main(argv=None):
     s.add_argument("--resume", action="store_true", help="continue an interrupted search")
     s.add_argument("--force", action="store_true",
                    help="search again over an existing result or checkpoint")
-    s.add_argument("--time-limit", type=float, default=None,
+    s.add_argument("--time-limit", type=_seconds, default=None,
                    help="seconds for the whole command, teacher and baselines included; "
                         "the phases that do not fit are listed as skipped")
-    s.add_argument("--max-evals", type=int, default=None,
+    s.add_argument("--max-evals", type=_integer(1), default=None,
                    help="the most network evaluations of one sample the search may spend, "
                         "teacher included (held-out report excluded); phases are cut to "
                         "their share, and a budget too small is refused at once")
@@ -601,19 +681,20 @@ def main(argv=None):
     s.add_argument("--precision", default="float64", choices=("float64", "float32"),
                    help="float32: x64 off, as on a TPU or a float32 model; the teacher "
                         "then solves in float32 (rtol 1e-5)")
-    s.add_argument("--n-cal", type=int, default=None,
+    s.add_argument("--n-cal", type=_integer(1), default=None,
                    help="calibration noises the search fits (default: the budget's, "
                         "32 for fast and default, 256 for thorough)")
-    s.add_argument("--n-fit", type=int, default=None,
+    s.add_argument("--n-fit", type=_integer(0), default=None,
                    help="extra calibration noises for the per-coordinate fit (default 2048; "
                         "0: skip it); = --set coordinate_fit.n_fit=N")
-    s.add_argument("--n-eval", type=int, default=1024,
+    s.add_argument("--n-eval", type=_integer(1), default=1024,
                    help="held-out noises the result is reported on (default 1024)")
-    s.add_argument("--generations", type=int, default=None,
+    s.add_argument("--generations", type=_integer(1), default=None,
                    help="generations of the population phase (default 6)")
-    s.add_argument("--population", type=int, default=None,
+    s.add_argument("--population", type=_integer(1), default=None,
                    help="candidates per generation (default 48)")
-    s.add_argument("--seed", type=int, default=0, help="the search's seed and the teacher's")
+    s.add_argument("--seed", type=_integer(0), default=0,
+                   help="the search's seed and the teacher's")
     s.add_argument("--metric", default=None,
                    help="what to minimize: rmse (default, per-sample error against the "
                         "teacher), energy (energy distance to the teacher's samples) or "
@@ -637,22 +718,23 @@ def main(argv=None):
                    help="use a schedule searched for another model")
     s.add_argument("--solver", default="dpm_solver_pp_2m",
                    help="a registered solver (samplax solvers lists them)")
-    s.add_argument("--nfe", type=int, default=10, help="network evaluations (with --solver)")
+    s.add_argument("--nfe", type=_integer(1, MAX_NFE), default=10,
+                   help="network evaluations (with --solver)")
     s.add_argument("--steps", default="logsnr", help="step schedule for --solver")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    s.add_argument("--n", type=_integer(1), default=64, help="number of samples")
+    s.add_argument("--seed", type=_integer(0), default=0, help="seed of the initial noise")
     s.add_argument("--out", default="samples.npy", help="samples.npy, or a .png picture")
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("compare", help="hand-made baselines (and a searched schedule)")
     s.add_argument("--model", default="gmm64", help=model_help)
-    s.add_argument("--nfe", type=int, default=None,
+    s.add_argument("--nfe", type=_integer(1, MAX_NFE), default=None,
                    help="default: the searched result's NFE, or 10")
     s.add_argument("--searched", default=None, help="a search result JSON to compare")
     s.add_argument("--other-model", action="store_true",
                    help="compare a schedule searched for another model")
-    s.add_argument("--n", type=int, default=256, help="held-out noises")
-    s.add_argument("--seed", type=int, default=1, help="seed of the held-out noises")
+    s.add_argument("--n", type=_integer(1), default=256, help="held-out noises")
+    s.add_argument("--seed", type=_integer(0), default=1, help="seed of the held-out noises")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--plot", default=None, metavar="OUT.png",
                    help="also draw the error against NFE (baselines and the searched "

@@ -35,7 +35,8 @@ def float32():
 # taken last leaves the other worker idle until it ends.
 _LONG_FILES = ("test_cli.py", "test_cli_output.py", "test_coordinate_fit.py", "search.ipynb",
                "test_search_metric.py", "test_search.py", "test_search_trajectory.py",
-               "test_search_cost.py", "test_teacher.py", "quickstart.ipynb", "guidance.ipynb")
+               "test_search_cost.py", "test_teacher.py", "test_bad_input_suite.py",
+               "quickstart.ipynb", "guidance.ipynb")
 
 
 def pytest_collection_modifyitems(items):

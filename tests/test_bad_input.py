@@ -167,3 +167,67 @@ def test_cli_sample_is_checked(tmp_path, monkeypatch):
                                          r"output became non-finite at slot \d"):
         cli.main(["sample", "--model", "gmm64", "--nfe", "6", "--n", "4", "--out", str(out)])
     assert not out.exists()
+
+
+# --- identity: a result or a plan used with another model or schedule -----------------
+
+
+def test_a_result_is_refused_for_a_model_of_another_fingerprint(tmp_path):
+    """Retrained weights under one name: the fingerprint recorded with the result tells."""
+    from samplax.models.builtin import builtin
+
+    fp = builtin("gmm64").fingerprint
+    path = str(_broken(tmp_path, lambda o: o.update(model_fingerprint="0123456789abcdef")))
+    out = str(tmp_path / "x.npy")
+    with pytest.raises(SystemExit, match=f"searched for a model gmm64 of fingerprint "
+                                         f"0123456789abcdef; this one's is {fp}"):
+        main(["sample", "--model", "gmm64", "--schedule", path, "--out", out])
+    with pytest.raises(SystemExit, match="of fingerprint 0123456789abcdef"):
+        main(["export", path, "--model", "gmm64"])
+    assert main(["sample", "--model", "gmm64", "--schedule", path, "--other-model",
+                 "--n", "4", "--out", out]) == 0
+    ok = str(_broken(tmp_path, lambda o: o.update(model_fingerprint=fp)))
+    assert main(["sample", "--model", "gmm64", "--schedule", ok, "--n", "4", "--out", out]) == 0
+    bad = _broken(tmp_path, lambda o: o.update(model_fingerprint=7))
+    with pytest.raises(ResultError, match="field 'model_fingerprint' must be a string, got 7"):
+        load_result(bad)
+
+
+def test_fingerprints_tell_models_apart_whatever_the_precision():
+    from samplax.models.builtin import builtin, model_fingerprint
+    from samplax.models.gaussian import gaussian
+
+    names = ["gmm64", "gauss64", "gmm2d", "digits"]
+    fps = [builtin(n).fingerprint for n in names]
+    assert len(set(fps)) == len(names) and all(len(f) == 16 for f in fps)
+    with jax.enable_x64(True):
+        assert builtin("gmm64").fingerprint == fps[0]
+    assert model_fingerprint(gaussian(jnp.zeros(3), jnp.ones(3))) != model_fingerprint(
+        gaussian(jnp.zeros(3), 2 * jnp.ones(3)))
+    assert model_fingerprint(object()) is None
+
+
+def test_a_result_with_non_finite_times_is_refused(tmp_path):
+    path = _broken(tmp_path, lambda o: o["timesteps"].__setitem__(2, float("nan")))
+    with pytest.raises(ResultError, match="field 'timesteps' must hold finite numbers"):
+        load_result(path)
+
+
+def test_a_plan_of_another_schedule_is_refused_where_it_meets_the_denoiser():
+    from samplax.models.adapters import from_epsilon
+    from samplax.models.builtin import builtin
+    from samplax.solvers.registry import plan_for_nfe
+
+    p = builtin("gmm64")  # VPLinear(beta_max=20)
+    x = p.x_T(jax.random.key(0), 4)
+    plan = plan_for_nfe("ddim", VPLinear(beta_max=10.0), 5)
+    with pytest.raises(ValueError, match=r"the plan was built on another noise schedule than "
+                                         r"the denoiser's VPLinear\(.*beta_max=20.0\): at "
+                                         r"slot 0 \(t = 1\) the plan has sigma = "):
+        sample(p.denoiser, plan, x)
+    with pytest.raises(ValueError, match="another noise schedule"):  # a constant under jit
+        jax.jit(lambda x: sample(p.denoiser, plan, x))(x)
+    eps_model = from_epsilon(lambda x, t: jnp.zeros_like(x), VPLinear(beta_max=10.0))
+    sample(eps_model, plan, x)  # the same schedule passes
+    with pytest.raises(ValueError, match="another noise schedule"):
+        sample(eps_model, plan_for_nfe("ddim", p.schedule, 5), x)

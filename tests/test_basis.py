@@ -226,9 +226,18 @@ def test_bad_bases_are_refused(rotated):
         with_basis(per_coordinate(plan, (4,)), np.eye(4))
     with pytest.raises(ValueError, match="no trailing axes"):
         sample(den, with_basis(plan, np.eye(3)), teacher.x_cal)
+    class Hook:  # a valid SlotHook, which a plan with a basis refuses
+        def init(self, x_T):
+            return None
+
+        def __call__(self, state, k, t, x, D, E, d, key):
+            return state, x, D, E
+
     with pytest.raises(ValueError, match="slot hook"):
         sample(den, with_basis(plan, np.eye(4)), teacher.x_cal, jax.random.key(0),
-               hook=lambda *a: a)
+               hook=Hook())
+    with pytest.raises(TypeError, match="hook must be a SlotHook"):
+        sample(den, plan, teacher.x_cal, jax.random.key(0), hook=lambda *a: a)
     with pytest.raises(ValueError, match="unknown basis"):
         SearchConfig().set(output_fit=dict(basis="dct"), coordinate_fit=dict(basis="dct"))
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from samplax.numerics import safe_div
+from samplax.schedules.base import describe, real_values
 
 Array = Any
 SPACES = ("x0", "eps", "v")
@@ -35,6 +36,34 @@ def coefficients(schedule, t, x):
 def weight_at(w, t):
     """A guidance weight that may be a constant or a function of the time ``t``."""
     return w(t) if callable(w) else w
+
+
+def check_callable(owner: str, name: str, f, what: str = "a denoiser D(x, t)") -> None:
+    """``f`` must be callable; the ``TypeError`` names ``owner``'s argument ``name``."""
+    if not callable(f):
+        raise TypeError(f"{owner}: {name} must be {what} (a callable), got {describe(f)}")
+
+
+def check_weight(owner: str, name: str, w) -> None:
+    """A guidance weight: a finite real number (or per-sample ``[batch]`` array) or a
+    function ``w(t)``. Values are checked only when concrete."""
+    if callable(w):
+        return
+    what = "a finite real number, a [batch] array of them, or a function w(t)"
+    v = real_values(owner, name, w, what=what)
+    if v is not None and v.ndim > 1:
+        raise ValueError(f"{owner}: {name} must be {what}, got shape {v.shape}")
+
+
+def weight_for(name: str, w, t, x):
+    """``w`` (or ``w(t)``) shaped against ``x``, after checking that it is a scalar or
+    one value per sample (shapes are static: this runs while tracing)."""
+    v = jnp.asarray(weight_at(w, t))
+    n = x.shape[0] if x.ndim else 1
+    if v.ndim > max(x.ndim, 1) or (v.ndim and v.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a single number or one value per sample (leading "
+                         f"axis {n}, the batch), got shape {v.shape} for x of shape {x.shape}")
+    return bcast(v, x)
 
 
 def check_space(space: str) -> str:

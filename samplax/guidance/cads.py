@@ -9,8 +9,10 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.guidance._common import feature_std, feature_sum, time_key
+from samplax.guidance._common import check_callable, feature_std, feature_sum, time_key
+from samplax.schedules.base import describe, is_concrete, real_values
 from samplax.solvers.executor import sample_noise
 
 Array = Any
@@ -67,6 +69,20 @@ class CADS(eqx.Module):
         return jax.tree.unflatten(tree, out)
 
 
+def _check_key(key) -> None:
+    """A PRNG key: ``jax.random.key(seed)`` or a legacy ``uint32 [2]`` ``PRNGKey``."""
+    if not is_concrete(key):
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.ndim == 0:
+            return
+    elif dtype == np.uint32 and getattr(key, "shape", None) == (2,):
+        return
+    raise TypeError(f"cads: key must be a single PRNG key (jax.random.key(seed)), got "
+                    f"{describe(key)}")
+
+
 def cads(
     key,
     *,
@@ -87,8 +103,16 @@ def cads(
         b = branches(model, text_emb, null_emb, anneal=cads(jax.random.key(1)))
         den = cfg(b, 7.5)
     """
+    _check_key(key)
+    for name, v in (("tau1", tau1), ("tau2", tau2), ("psi", psi)):
+        real_values("cads", name, v, finite=False, what="a number")
     if not 0.0 <= tau1 < tau2 <= 1.0:
         raise ValueError(f"need 0 <= tau1 < tau2 <= 1, got {tau1}, {tau2}")
+    real_values("cads", "noise_scale", noise_scale, what="a finite number (the noise std s)")
+    tm = real_values("cads", "t_max", t_max, what="a finite number > 0")
+    if tm is not None and not np.all(tm > 0):
+        raise ValueError(f"cads: t_max must be a finite number > 0 (the time where sampling "
+                         f"starts; progress is t/t_max), got {describe(t_max)}")
     if not 0.0 <= psi <= 1.0:
         raise ValueError(f"psi must lie in [0, 1], got {psi}")
     return CADS(key, tau1, tau2, noise_scale, float(psi), t_max)
@@ -106,4 +130,6 @@ class CADSModel(eqx.Module):
 
 def cads_model(model: Callable, anneal: CADS) -> CADSModel:
     """Wrap a conditional model so that every condition it receives is annealed."""
+    check_callable("cads_model", "model", model, "a conditional model model(x, t, cond)")
+    check_callable("cads_model", "anneal", anneal, "a CADS from cads(key)")
     return CADSModel(model, anneal)

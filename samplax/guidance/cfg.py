@@ -25,15 +25,18 @@ import numpy as np
 from samplax.guidance._common import (
     NextStep,
     bcast,
+    check_callable,
     check_space,
+    check_weight,
     feature_std,
     feature_sum,
     from_space,
     safe_norm,
     to_space,
-    weight_at,
+    weight_for,
 )
 from samplax.guidance.cost import Cost, cost_of
+from samplax.schedules.base import describe, real_values
 from samplax.solvers.executor import Segments
 
 Array = Any
@@ -143,6 +146,15 @@ class Pair(eqx.Module):
         return self.uncond_denoiser
 
 
+def _check_branches(owner: str, b) -> None:
+    if not isinstance(b, Branches | Pair):
+        raise TypeError(
+            f"{owner}: branches must be the conditional and unconditional branches from "
+            "branches(model, cond, uncond) or pair(cond_denoiser, uncond_denoiser), got "
+            f"{describe(b)}; a single denoiser has nothing to guide against"
+        )
+
+
 def branches(model: Callable, cond, uncond, *, anneal=None, anneal_uncond: bool = False):
     """Conditional and unconditional branches of ``model(x, t, cond)``, one batched call.
 
@@ -159,11 +171,18 @@ def branches(model: Callable, cond, uncond, *, anneal=None, anneal_uncond: bool 
         b = branches(unet, text_emb, null_emb)
         guided = cfg(b, scale=5.0)
     """
+    check_callable("branches", "model", model, "a conditional model model(x, t, cond)")
+    if anneal is not None:
+        check_callable("branches", "anneal", anneal, "a condition transform (cond, t) -> cond")
     return Branches(model, cond, uncond, anneal, anneal_uncond)
 
 
 def pair(cond_denoiser: Callable, uncond_denoiser: Callable) -> Pair:
     """Branches from two denoisers ``D(x, t)`` (two calls; cost is the sum of theirs)."""
+    check_callable("pair", "the conditional denoiser (cond_denoiser)", cond_denoiser,
+                   "a denoiser D(x, t)")
+    check_callable("pair", "the unconditional denoiser (uncond_denoiser)", uncond_denoiser,
+                   "a denoiser D(x, t)")
     return Pair(cond_denoiser, uncond_denoiser)
 
 
@@ -194,7 +213,7 @@ class CFG(eqx.Module):
 
     def __call__(self, x, t):
         dc, du = self.branches(x, t)
-        w = bcast(weight_at(self.scale, t), x)
+        w = weight_for("cfg: scale", self.scale, t, x)
         out = du + w * (dc - du)
         if self.rescale:
             sp = self.rescale_space
@@ -225,6 +244,12 @@ def cfg(branches, scale, *, rescale: float = 0.0, rescale_space: str = "eps", sc
         guided = cfg(branches(model, y, null), scale=4.0, rescale=0.7, schedule=S)
         x0 = samplax.sample(guided, ddim(S, ts), x_T)
     """
+    _check_branches("cfg", branches)
+    check_weight("cfg", "scale", scale)
+    r = real_values("cfg", "rescale", rescale, what="a finite number in [0, 1]")
+    if r is not None and not (r.ndim == 0 and 0.0 <= r <= 1.0):
+        raise ValueError(f"cfg: rescale must be a finite number in [0, 1], got "
+                         f"{describe(rescale)}")
     check_space(rescale_space)
     if rescale and rescale_space != "x0" and schedule is None:
         raise ValueError(f"rescaling in {rescale_space!r} space needs the noise schedule")
@@ -281,6 +306,13 @@ def weight_schedule(kind: str, w, t_max: float = 1.0):
 
         guided = cfg(branches(model, y, null), weight_schedule("linear", 4.0))
     """
+    if not isinstance(kind, str) or kind not in ("constant", "linear", "cosine"):
+        raise ValueError(f"unknown weight schedule kind {kind!r}; use constant, linear or cosine")
+    real_values("weight_schedule", "w", w, what="a finite number (the guidance weight)")
+    tm = real_values("weight_schedule", "t_max", t_max, what="a finite number > 0")
+    if tm is not None and not np.all(tm > 0):
+        raise ValueError(f"weight_schedule: t_max must be a finite number > 0 (the time "
+                         f"where sampling starts), got {describe(t_max)}")
     if kind == "constant":
         return w
     if kind == "linear":
@@ -313,6 +345,23 @@ def guidance_interval(plan, guided, unguided, sigma_lo: float, sigma_hi: float) 
         den = guidance_interval(plan, cfg(b, 3.0), b.conditional(), 0.28, 5.42)
         x0 = samplax.sample(den, plan, x_T)
     """
+    check_callable("guidance_interval", "guided", guided)
+    check_callable("guidance_interval", "unguided", unguided)
+    lo = real_values("guidance_interval", "sigma_lo", sigma_lo, finite=False,
+                     what="a number >= 0 (an EDM noise level)")
+    hi = real_values("guidance_interval", "sigma_hi", sigma_hi, finite=False,
+                     what="a number (an EDM noise level; inf allowed)")
+    if lo is None or hi is None:
+        raise ValueError("guidance_interval needs concrete sigma_lo and sigma_hi (it splits "
+                         "the plan's slots in Python)")
+    if lo.ndim or hi.ndim:
+        raise ValueError(f"guidance_interval: sigma_lo and sigma_hi must be scalars, got "
+                         f"shapes {lo.shape}, {hi.shape}")
+    if not (np.isfinite(lo) and lo >= 0):
+        raise ValueError(f"guidance_interval: sigma_lo must be a finite number >= 0, got "
+                         f"{describe(sigma_lo)}")
+    if np.isnan(hi):
+        raise ValueError(f"guidance_interval: sigma_hi must be a number, got {sigma_hi!r}")
     if sigma_lo >= sigma_hi:
         raise ValueError(f"need sigma_lo < sigma_hi, got ({sigma_lo}, {sigma_hi}]")
     try:
@@ -322,6 +371,12 @@ def guidance_interval(plan, guided, unguided, sigma_lo: float, sigma_hi: float) 
     if s.ndim != 1:
         raise ValueError("guidance_interval needs a single plan (not a stacked batch)")
     inside = (s > sigma_lo) & (s <= sigma_hi)
+    if not inside.any():
+        raise ValueError(
+            f"guidance_interval: the interval (sigma_lo, sigma_hi] = ({sigma_lo:g}, "
+            f"{sigma_hi:g}] contains no slot of the plan, whose EDM noise levels "
+            f"sigma/alpha span [{s.min():.4g}, {s.max():.4g}]: guidance would never apply"
+        )
     starts, dens = [], []
     for k, flag in enumerate(inside):
         if k == 0 or flag != inside[k - 1]:
@@ -357,7 +412,7 @@ class CFGPlusPlus(eqx.Module):
     def __call__(self, x, t):
         dc, du = self.branches(x, t)
         _, gain = self.step(t)
-        lam = bcast(weight_at(self.lam, t), x)
+        lam = weight_for("cfg_pp: lam", self.lam, t, x)
         return du + lam * (dc - du) / bcast(gain, x)
 
     @property
@@ -373,8 +428,10 @@ def cfg_pp(branches, lam, schedule, timesteps, *, eta: float = 0.0) -> CFGPlusPl
         guided = cfg_pp(branches(model, y, null), 0.6, S, ts)
         x0 = samplax.sample(guided, ddim(S, ts), x_T)
     """
+    _check_branches("cfg_pp", branches)
+    check_weight("cfg_pp", "lam", lam)
     if not callable(lam) and not isinstance(lam, jax.core.Tracer):
-        if not 0.0 <= float(lam) <= 1.0:
+        if not np.all((0.0 <= np.asarray(lam, float)) & (np.asarray(lam, float) <= 1.0)):
             raise ValueError(f"CFG++ takes lam in [0, 1], got {lam}")
     return CFGPlusPlus(branches, lam, NextStep(schedule, jnp.asarray(timesteps), eta))
 
@@ -430,7 +487,7 @@ class APG(eqx.Module):
         unit = yc / jnp.where(safe_norm(yc) > 0, safe_norm(yc), 1.0)
         par = feature_sum(diff * unit) * unit
         orth = diff - par
-        w = bcast(weight_at(self.scale, t), x)
+        w = weight_for("apg: scale", self.scale, t, x)
         guided = yc + (w - 1.0) * (orth + self.eta * par)
         return from_space(self.space, self.schedule, x, t, guided), state
 
@@ -472,6 +529,15 @@ def apg(
         den = apg(branches(model, y, null), 7.5, momentum=-0.5, norm_threshold=2.5)
         x0 = samplax.sample(den, plan, x_T)
     """
+    _check_branches("apg", branches)
+    check_weight("apg", "scale", scale)
+    real_values("apg", "eta", eta, what="a finite number (weight of the parallel part)")
+    real_values("apg", "momentum", momentum, what="a finite number (beta; 0 disables)")
+    r = real_values("apg", "norm_threshold", norm_threshold, finite=False,
+                    what="a number (the largest update norm; 0 disables)")
+    if r is not None and np.any(np.isnan(r)):
+        raise ValueError(f"apg: norm_threshold must be a number (0 disables), got "
+                         f"{describe(norm_threshold)}")
     check_space(space)
     if space != "x0" and schedule is None:
         raise ValueError(f"APG in {space!r} space needs the noise schedule")

@@ -26,12 +26,15 @@ import jax.numpy as jnp
 from samplax.guidance._common import (
     NextStep,
     bcast,
+    check_callable,
+    check_weight,
     coefficients,
     feature_sum,
     grad_sum,
     safe_norm,
     time_key,
     weight_at,
+    weight_for,
 )
 from samplax.guidance.cost import FREE, Cost, cost_of, with_backward
 from samplax.solvers._common import check_timesteps
@@ -68,7 +71,7 @@ class ClassifierGuidance(eqx.Module):
     def __call__(self, x, t):
         g = grad_sum(lambda v: self.log_prob(v, t), x)
         a, s = coefficients(self.schedule, t, x)
-        w = bcast(weight_at(self.scale, t), x)
+        w = weight_for("classifier_guidance: scale", self.scale, t, x)
         return self.denoiser(x, t) + w * (s * s / a) * g
 
     @property
@@ -99,6 +102,10 @@ def classifier_guidance(
 
         den = classifier_guidance(D, lambda x, t: log_softmax(clf(x, t))[:, y], S, 2.0)
     """
+    check_callable("classifier_guidance", "denoiser", denoiser)
+    check_callable("classifier_guidance", "log_prob", log_prob,
+                   "a classifier log-probability log_prob(x, t) -> [batch]")
+    check_weight("classifier_guidance", "scale", scale)
     return ClassifierGuidance(denoiser, log_prob, schedule, scale, classifier_cost)
 
 

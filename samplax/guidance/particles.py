@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from samplax.guidance._common import check_callable
+from samplax.schedules.base import real_values
 from samplax.solvers.executor import sample, sample_noise
 
 Array = Any
@@ -113,7 +115,7 @@ class FKSteering(eqx.Module):
         def steer(args):
             st, x, D, E = args
             n = x.shape[0]
-            r = jnp.asarray(self.reward(d)).astype(st.log_w.dtype)
+            r = _rewards(self.reward(d), n).astype(st.log_w.dtype)
             r_max = jnp.maximum(st.r_max, r)
             r_sum = st.r_sum + r
             if self.potential == "difference":
@@ -139,6 +141,15 @@ class FKSteering(eqx.Module):
             return st, x[idx], D[:, idx], E[:, idx]
 
         return jax.lax.cond(self.steer[k], steer, lambda a: a, (state, x, D, E))
+
+
+def _rewards(r, n: int):
+    """The reward's output, checked to be one value per particle (static shapes)."""
+    r = jnp.asarray(r)
+    if r.shape != (n,):
+        raise ValueError(f"fk_steering: reward(x0) must return one value per particle, "
+                         f"shape ({n},), got shape {r.shape}")
+    return r
 
 
 def steering_slots(n_slots: int, *, every: int = 1, start: int = 0, stop: int | None = None):
@@ -205,6 +216,8 @@ def fk_steering(
         plan = recurrent_ddim(S, ts, eta=1.0)
         res = fk_steering(D, plan, x_T, key, reward, lam=5.0, every=5)
     """
+    check_callable("fk_steering", "reward", reward, "a reward function reward(x0) -> [n]")
+    real_values("fk_steering", "lam", lam, what="a finite number (the inverse temperature)")
     if potential not in POTENTIALS:
         raise ValueError(f"unknown potential {potential!r}; use one of {POTENTIALS}")
     if method not in RESAMPLING:
@@ -212,7 +225,7 @@ def fk_steering(
     steer = steering_slots(int(plan.t.shape[-1]), every=every, start=start, stop=stop)
     hook = FKSteering(reward, steer, lam, potential, ess_threshold, method)
     out, st = sample(denoiser, plan, x_T, key, hook=hook)
-    r = jnp.asarray(reward(out)).astype(st.log_w.dtype)
+    r = _rewards(reward(out), x_T.shape[0]).astype(st.log_w.dtype)
     log_w = st.log_w + lam * r - st.log_g
     return FKResult(out, log_w, r, st.ess, st.resampled)
 

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax.numpy as jnp
 
+from samplax.guidance._common import check_callable
 from samplax.guidance.cost import Cost, cost_of
+from samplax.schedules.base import describe, real_values
 
 
 class StaticThreshold(eqx.Module):
@@ -61,6 +63,9 @@ def static_threshold(denoiser: Callable, lo: float = -1.0, hi: float = 1.0) -> S
 
         den = static_threshold(cfg(b, 7.0))
     """
+    check_callable("static_threshold", "denoiser", denoiser)
+    real_values("static_threshold", "lo", lo, finite=False, what="a number")
+    real_values("static_threshold", "hi", hi, finite=False, what="a number")
     if not lo < hi:
         raise ValueError(f"need lo < hi, got [{lo}, {hi}]")
     return StaticThreshold(denoiser, float(lo), float(hi))
@@ -75,6 +80,17 @@ def dynamic_threshold(
 
         den = dynamic_threshold(cfg(b, 10.0), p=0.995)
     """
+    check_callable("dynamic_threshold", "denoiser", denoiser)
+    pv = real_values("dynamic_threshold", "the percentile p", p, what="a number in (0, 1]")
+    mv = real_values("dynamic_threshold", "max_value", max_value, finite=False,
+                     what="a number >= 1 (inf: no cap)")
+    if pv is None or mv is None:
+        raise TypeError("dynamic_threshold: p and max_value must be concrete numbers, got a "
+                        "traced value")
+    if pv.ndim or mv.ndim:
+        raise ValueError(f"dynamic_threshold: p and max_value must be scalars, got "
+                         f"{describe(p)}, {describe(max_value)}")
+    p, max_value = float(pv), float(mv)
     if not 0.0 < p <= 1.0:
         raise ValueError(f"the percentile p must lie in (0, 1], got {p}")
     if not max_value >= 1.0:

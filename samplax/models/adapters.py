@@ -26,6 +26,10 @@ the trailing axes of ``x``). ``t_in`` is chosen by ``time_input``:
 - ``"c_noise"``: EDM's ``log(sigma_tilde)/4`` (Karras et al. 2022, table 1);
 - a callable ``t -> t_in``.
 
+Each denoiser carries its noise schedule as ``D.schedule``: :func:`samplax.sample`
+refuses a plan built on another schedule (its ``alpha`` and ``sigma`` at the plan's
+times differ), where a mismatch would otherwise give a wrong sample silently.
+
 On a time-shifted schedule (:class:`~samplax.schedules.LogSNRShift`) the network
 runs at the base schedule's time ``base_time(t)``: the adapters unwrap the shift
 first, so ``"t"`` and ``"label"`` are base times and ``from_flow`` expects the
@@ -34,11 +38,14 @@ velocity in base time, as SD3/Flux pipelines do.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.schedules.base import NoiseSchedule
 from samplax.schedules.shift import LogSNRShift
@@ -85,7 +92,12 @@ def network_time(schedule: NoiseSchedule, t, time_input="t"):
 
 def _time_value(base, tau, time_input):
     if callable(time_input):
-        return time_input(tau)
+        out = time_input(tau)
+        if not isinstance(out, jax.Array | np.ndarray | float | int) or isinstance(out, bool):
+            raise TypeError(f"time_input must map a time to a number or an array, its "
+                            f"{getattr(time_input, '__name__', 'function')} returned "
+                            f"{type(out).__name__}")
+        return out
     if time_input == "t":
         return tau
     if time_input == "label":
@@ -106,15 +118,45 @@ def _per_sample(v, x):
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def _short(v) -> str:
+    text = repr(v)
+    return f"{text[:57] + '...' if len(text) > 60 else text} ({type(v).__name__})"
+
+
+def _max_positional(f) -> float:
+    """How many positional arguments ``f`` accepts (inf when unknown or unbounded)."""
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):  # builtins, some C extensions: cannot tell
+        return math.inf
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return math.inf
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 def _adapter(model: Model, schedule: NoiseSchedule, time_input, to_x0) -> Denoiser:
+    if not callable(model):
+        raise TypeError(f"model must be the network, a callable model(x, t_in, ...), got "
+                        f"{_short(model)}")
+    k = _max_positional(model)
+    if k < 2:
+        raise TypeError(f"model must be called as model(x, t_in, ...), with the state and "
+                        f"the time, but {_short(model)} accepts only {k} argument(s)")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule (e.g. VPLinear(), "
+                        f"DiscreteVP.linear()), got {_short(schedule)}")
     _check_time_input(schedule, time_input)
 
     def denoiser(x, t, *args, **kwargs):
         x = jnp.asarray(x)
         base, tau = unshift(schedule, _as_float(t))
-        out = jnp.asarray(model(x, _time_value(base, tau, time_input), *args, **kwargs))
-        return to_x0(base, tau, x, out)
+        out = model(x, _time_value(base, tau, time_input), *args, **kwargs)
+        if not isinstance(out, jax.Array | np.ndarray):
+            raise TypeError(f"the model returned {type(out).__name__}; it must return an "
+                            "array of its prediction, of x's shape")
+        return to_x0(base, tau, x, jnp.asarray(out))
 
+    denoiser.schedule = schedule  # samplax.sample checks it against the plan's
     return denoiser
 
 
@@ -205,6 +247,9 @@ def from_prediction(model: Model, schedule: NoiseSchedule, prediction_type: str,
                     time_input="t") -> Denoiser:
     """Dispatch on a name: ``"epsilon"``, ``"x0"``/``"sample"``, ``"v"``/``"v_prediction"``
     (diffusers' ``prediction_type`` values), ``"flow"`` or ``"score"``."""
+    if not isinstance(prediction_type, str):
+        raise TypeError(f"prediction_type must be a string, one of {sorted(_BY_NAME)}, "
+                        f"got {_short(prediction_type)}")
     try:
         make = _BY_NAME[prediction_type]
     except KeyError:

@@ -10,6 +10,7 @@ feature Fréchet distance of :mod:`samplax.models.digits_features`).
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple, Protocol
 
 import jax
@@ -56,10 +57,39 @@ class Problem(NamedTuple):
     def denoiser(self):
         return self.data.denoiser(self.schedule)
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The data model's :func:`model_fingerprint`, recorded in search results."""
+        return model_fingerprint(self.data)
+
     def x_T(self, key, n: int, dtype=None):
         dtype = dtype or jnp.result_type(float)
         std = self.schedule.marginal_std(self.t_start)
         return std * jax.random.normal(key, (n, self.dim), dtype)
+
+
+def model_fingerprint(data) -> str | None:
+    """A short hash that tells one data model (and so its denoiser) from another.
+
+    A model that defines ``fingerprint`` (a string, e.g. a hash of its checkpoint)
+    gives that; a pytree of arrays (a :class:`GaussianMixture`) hashes its arrays,
+    floating ones rounded to float32 so that one model hashes the same with x64 on
+    or off. Anything else has no fingerprint (``None``), and results searched for it
+    are compared by name only.
+    """
+    own = getattr(data, "fingerprint", None)
+    if own is not None:
+        return str(own)
+    leaves = jax.tree.leaves(data)
+    if not leaves or not all(isinstance(v, (jax.Array, np.ndarray)) for v in leaves):
+        return None
+    h = hashlib.sha256()
+    for v in leaves:
+        v = np.asarray(v)
+        v = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+        h.update(repr((v.shape, str(v.dtype))).encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _exact(build):

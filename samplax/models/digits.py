@@ -25,6 +25,7 @@ sees only ``sigma_tilde``, so the same checkpoint is a denoiser for any schedule
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from importlib import resources
@@ -157,6 +158,7 @@ def denoiser_from_state(model: DenoiserMLP, state, schedule: NoiseSchedule) -> C
     def D(x, t):
         return _denoise_at(model, schedule, state, jnp.asarray(x), jnp.asarray(t))
 
+    D.schedule = schedule  # samplax.sample checks it against the plan's
     return D
 
 
@@ -252,6 +254,13 @@ class DigitsData:
         from samplax.models.digits_features import frechet_distance
 
         return {"fd": frechet_distance(x, digits_data())}
+
+    @property
+    def fingerprint(self) -> str:
+        """The packaged denoiser's checkpoint, hashed (see
+        :func:`samplax.models.builtin.model_fingerprint`)."""
+        return hashlib.sha256(checkpoint_path("digits_denoiser", "msgpack").read_bytes()
+                              ).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return "DigitsData()"

@@ -122,6 +122,7 @@ class GaussianMixture(eqx.Module):
             sigma = schedule.sigma(t)[..., None, None] if t.ndim else schedule.sigma(t)
             return self.denoise(x, alpha, sigma)
 
+        D.schedule = schedule  # samplax.sample checks it against the plan's
         return D
 
     def sample(self, key, n: int):

@@ -5,6 +5,88 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# --------------------------------------------------------------------------------------
+# Argument checks shared by the constructors (schedules, step schedules, solvers,
+# guidance). They look at values only when there are values: a tracer (inside
+# jit/vmap/grad) is let through unchecked, so every constructor stays traceable.
+# --------------------------------------------------------------------------------------
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values (not a JAX tracer): checks on values are possible."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def describe(x) -> str:
+    """A short ``value (type)`` for error messages."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return f"PRNG key array of shape {tuple(x.shape)}"
+    if isinstance(x, jax.Array | np.ndarray) and is_concrete(x):
+        if x.ndim == 0:
+            return f"{np.asarray(x).item()!r} (0-d array, {x.dtype})"
+        text = np.array2string(np.asarray(x), threshold=6, precision=4)
+        return f"{text} (array of shape {tuple(x.shape)}, {x.dtype})"
+    text = repr(x)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(x).__name__})"
+
+
+def _is_real_dtype(dtype) -> bool:
+    return any(jnp.issubdtype(dtype, k) for k in (jnp.bool_, jnp.integer, jnp.floating))
+
+
+def real_values(owner: str, name: str, x, *, finite: bool = True,
+                what: str | None = None):
+    """``x`` as a float64 NumPy array after checking it holds real numbers.
+
+    ``TypeError`` for anything else (a string, ``None``, a complex number),
+    ``ValueError`` for a non-finite value when ``finite``. Returns ``None`` when
+    ``x`` is traced: its values are unknown until run time.
+    """
+    what = what or ("a finite number" if finite else "a number")
+    prefix = f"{owner}: " if owner else ""
+    if not is_concrete(x):
+        return None
+    if isinstance(x, str | bytes) or x is None or callable(x):
+        raise TypeError(f"{prefix}{name} must be {what}, got {describe(x)}")
+    try:
+        a = np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    except Exception as e:  # noqa: BLE001 -- ragged lists, odd objects
+        raise TypeError(f"{prefix}{name} must be {what}, got {describe(x)}") from e
+    if not _is_real_dtype(a.dtype):
+        raise TypeError(f"{prefix}{name} must be {what}, got {describe(x)}")
+    a = a.astype(np.float64)
+    if finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"{prefix}{name} must be {what}, got {describe(x)}")
+    return a
+
+
+def check_int_arg(owner: str, name: str, x, lo: int | None = None) -> int:
+    """``x`` as a Python int: an ``int`` or NumPy integer (not a bool), ``>= lo``."""
+    prefix = f"{owner}: " if owner else ""
+    bound = "" if lo is None else f" >= {lo}"
+    if isinstance(x, bool | np.bool_) or not isinstance(x, int | np.integer):
+        raise TypeError(f"{prefix}{name} must be an integer{bound}, got {describe(x)}")
+    if lo is not None and x < lo:
+        raise ValueError(f"{prefix}{name} must be an integer{bound}, got {x!r}")
+    return int(x)
+
+
+def check_time_range(owner: str, t_min, t_max, t_hi=None) -> None:
+    """``0 <= t_min < t_max`` (``<= t_hi`` when the schedule ends there), finite."""
+    for name, v in (("t_min", t_min), ("t_max", t_max)):
+        real_values(owner, name, v)
+    if not 0.0 <= float(t_min) < float(t_max):
+        raise ValueError(f"{owner}: need 0 <= t_min < t_max, got t_min={t_min!r}, "
+                         f"t_max={t_max!r}")
+    if t_hi is not None and float(t_max) > t_hi:
+        raise ValueError(f"{owner}: t_max must be at most {t_hi} (the schedule ends there), "
+                         f"got t_max={t_max!r}")
 
 
 class NoiseSchedule(eqx.Module):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules.base import NoiseSchedule, check_int_arg, real_values
 from samplax.schedules.vp import _log_sigma_from_log_alpha
 
 
@@ -67,14 +67,20 @@ class DiscreteVP(NoiseSchedule):
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("give exactly one of betas and alphas_cumprod")
         if betas is not None:
+            real_values("DiscreteVP", "betas", betas, finite=False, what="an array of numbers")
             betas = _as_float(betas)
             _check_betas(betas)
             log_alphas = 0.5 * jnp.cumsum(jnp.log1p(-betas))
         else:
+            real_values("DiscreteVP", "alphas_cumprod", alphas_cumprod, finite=False,
+                        what="an array of numbers")
             ac = _as_float(alphas_cumprod)
             _check_alphas_cumprod(ac)
             log_alphas = 0.5 * jnp.log(ac)
         n = log_alphas.shape[0]
+        for name, v in (("t_min", t_min), ("t_max", t_max)):
+            if v is not None:
+                real_values("DiscreteVP", name, v)
         self.log_alphas = log_alphas
         self.t_min = 1.0 / n if t_min is None else float(t_min)
         if t_max is None:
@@ -82,18 +88,21 @@ class DiscreteVP(NoiseSchedule):
             t_max = (n - 1) / n if zero_snr else 1.0
         self.t_max = float(t_max)
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+            raise ValueError(f"DiscreteVP: need 0 <= t_min < t_max <= 1, got t_min={self.t_min}, "
+                             f"t_max={self.t_max}")
 
     # -- constructors (diffusers' beta_schedule names) -----------------------------------
     @classmethod
     def linear(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw):
         """DDPM's linear betas (Ho et al. 2020, sec. 4): ``linspace(1e-4, 0.02, 1000)``."""
+        n = _check_levels("linear", n)
         return cls(np.linspace(beta_start, beta_end, n), **kw)
 
     @classmethod
     def scaled_linear(cls, n: int = 1000, beta_start: float = 0.00085,
                       beta_end: float = 0.012, **kw):
         """Stable Diffusion's betas: linear in ``sqrt(beta)`` from 0.00085 to 0.012."""
+        n = _check_levels("scaled_linear", n)
         return cls(np.linspace(beta_start**0.5, beta_end**0.5, n) ** 2, **kw)
 
     @classmethod
@@ -103,6 +112,7 @@ class DiscreteVP(NoiseSchedule):
         ``beta_i = min(1 - abar((i + 1)/N)/abar(i/N), max_beta)`` with
         ``abar(u) = cos((u + s)/(1 + s) pi/2)^2`` (diffusers' ``squaredcos_cap_v2``).
         """
+        n = _check_levels("squaredcos_cap_v2", n)
         u = np.arange(n + 1) / n
         abar = np.cos((u + s) / (1 + s) * np.pi / 2) ** 2
         return cls(np.minimum(1.0 - abar[1:] / abar[:-1], max_beta), **kw)
@@ -252,6 +262,12 @@ def _rescale_sqrt_alphas_cumprod(sa):
     out = (sa - a_last) * (a0 / (a0 - a_last))
     # Pin both ends exactly: first unchanged, last zero.
     return out.at[0].set(a0).at[-1].set(0.0)
+
+
+def _check_levels(constructor: str, n) -> int:
+    """The number of training noise levels of a named constructor: an integer >= 2."""
+    return check_int_arg(f"DiscreteVP.{constructor}", "n (the number of training steps)",
+                         n, lo=2)
 
 
 def _check_betas(betas):

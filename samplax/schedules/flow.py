@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules.base import NoiseSchedule, check_time_range
 
 
 def _as_float(x):
@@ -30,6 +30,9 @@ class RectifiedFlow(NoiseSchedule):
 
     t_min: float = eqx.field(default=1e-3, static=True)
     t_max: float = eqx.field(default=1.0 - 1e-3, static=True)
+
+    def __check_init__(self):
+        check_time_range("RectifiedFlow", self.t_min, self.t_max, t_hi=1.0)
 
     @property
     def t_hi(self) -> float:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules.base import NoiseSchedule, describe, real_values
 
 
 class LogSNRShift(NoiseSchedule):
@@ -42,8 +43,13 @@ class LogSNRShift(NoiseSchedule):
     t_max: float = eqx.field(static=True)
 
     def __init__(self, base: NoiseSchedule, shift):
-        if isinstance(shift, int | float) and not shift > 0:
-            raise ValueError(f"shift must be positive, got {shift}")
+        if not isinstance(base, NoiseSchedule):
+            raise TypeError(f"LogSNRShift: base (the schedule to shift) must be a "
+                            f"NoiseSchedule, got {describe(base)}")
+        v = real_values("LogSNRShift", "shift", shift, what="a finite positive number")
+        if v is not None and not np.all(v > 0):
+            raise ValueError(f"LogSNRShift: shift must be a finite positive number, "
+                             f"got {describe(shift)}")
         self.base = base
         self.shift = shift
         self.t_min = base.t_min
@@ -88,4 +94,6 @@ def shifted(schedule: NoiseSchedule, shift) -> LogSNRShift:
     ``shift t / (1 + (shift - 1) t)`` (Esser et al. 2024, eq. 23). SD3 uses
     ``shift = 3``; Flux ``shift = exp(mu)`` with ``mu`` from the image size.
     """
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"shifted: schedule must be a NoiseSchedule, got {describe(schedule)}")
     return LogSNRShift(schedule, shift)

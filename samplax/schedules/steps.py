@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from samplax.schedules.base import NoiseSchedule, check_int_arg, describe, real_values
 from samplax.schedules.discrete import DiscreteVP
 
 Array = Any
@@ -72,8 +73,12 @@ def validate_timesteps(schedule, timesteps, *, min_len: int = 2) -> Array:
     constructors stay traceable for gradients with respect to the times.
 
     Raises:
+        TypeError: for a schedule that is no :class:`NoiseSchedule`, or times that
+            are not numbers.
         ValueError: with the offending values, for any violation.
     """
+    _check_schedule(schedule)
+    real_values("", "timesteps", timesteps, finite=False, what="a 1-D array of numbers")
     ts = _as_float(timesteps)
     if ts.ndim != 1:
         raise ValueError(f"timesteps must be a 1-D array, got shape {ts.shape}")
@@ -109,6 +114,19 @@ def validate_timesteps(schedule, timesteps, *, min_len: int = 2) -> Array:
     return ts
 
 
+def _check_schedule(schedule) -> None:
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError("schedule must be a NoiseSchedule (e.g. VPLinear(), EDM()), got "
+                        f"{describe(schedule)}")
+
+
+def _check_positive(owner: str, name: str, x) -> None:
+    """A finite number > 0 (checked when concrete; arrays elementwise)."""
+    v = real_values(owner, name, x, what="a finite number > 0")
+    if v is not None and not np.all(v > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {describe(x)}")
+
+
 def _check_n(n_steps) -> int:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer):
         raise TypeError(f"n_steps must be a Python int, got {n_steps!r}")
@@ -132,6 +150,10 @@ def _zero_time(schedule):
 def _setup(schedule, n_steps, t_start, t_end, append_zero, *, finite_end=True):
     """Check the request; returns (number of spaced points, t_start, t_end)."""
     n = _check_n(n_steps)
+    _check_schedule(schedule)
+    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        if v is not None:
+            real_values("", name, v, finite=False, what="a number (a time of the schedule)")
     t0 = _as_float(schedule.t_max if t_start is None else t_start)
     t1 = _as_float(schedule.t_min if t_end is None else t_end)
     if t0.ndim or t1.ndim:
@@ -173,7 +195,29 @@ def _pin(ts, t0, t1):
     return ts.at[-1].set(t1) if ts.shape[0] > 1 else ts
 
 
-def _finish(schedule, ts, append_zero):
+def _check_resolution(name: str, ts) -> None:
+    """Spaced times that collide: the spacing is finer than the dtype resolves."""
+    if not _is_concrete(ts) or ts.shape[0] < 2:
+        return
+    v = np.asarray(ts)
+    if not np.all(np.isfinite(v)):
+        return  # validate_timesteps names the non-finite times
+    d = np.diff(v)
+    if np.all(d < 0):
+        return
+    i = int(np.argmax(d >= 0))
+    hint = " or enable float64 (jax.config.update('jax_enable_x64', True))" \
+        if v.dtype == np.float32 else ""
+    raise ValueError(
+        f"{name}: {v.shape[0]} spaced times are too many for the resolution of {v.dtype} "
+        f"times: t[{i}]={v[i]:.9g} and t[{i + 1}]={v[i + 1]:.9g} collide; use fewer "
+        f"steps (a smaller n_steps, hence NFE){hint}"
+    )
+
+
+def _finish(schedule, ts, append_zero, name: str | None = None):
+    if name is not None:
+        _check_resolution(name, ts)
     if append_zero:
         ts = jnp.concatenate([ts, jnp.full((1,), _zero_time(schedule), ts.dtype)])
     return validate_timesteps(schedule, ts)
@@ -196,7 +240,8 @@ def uniform_time(schedule, n_steps: int, *, t_start=None, t_end=None,
                  append_zero: bool = False) -> Array:
     """Equal steps in the schedule's time (DDPM/DDIM "uniform"; DPM-Solver ``time_uniform``)."""
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero, finite_end=False)
-    return _finish(schedule, _pin(jnp.linspace(t0, t1, m), t0, t1), append_zero)
+    return _finish(schedule, _pin(jnp.linspace(t0, t1, m), t0, t1), append_zero,
+                   "uniform_time")
 
 
 def time_quadratic(schedule, n_steps: int, *, t_start=None, t_end=None,
@@ -208,7 +253,7 @@ def time_quadratic(schedule, n_steps: int, *, t_start=None, t_end=None,
     """
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero, finite_end=False)
     ts = jnp.linspace(jnp.sqrt(t0), jnp.sqrt(t1), m) ** 2
-    return _finish(schedule, _pin(ts, t0, t1), append_zero)
+    return _finish(schedule, _pin(ts, t0, t1), append_zero, "time_quadratic")
 
 
 def sgm_uniform(schedule, n_steps: int, *, t_start=None, t_end=None) -> Array:
@@ -221,6 +266,7 @@ def sgm_uniform(schedule, n_steps: int, *, t_start=None, t_end=None) -> Array:
     """
     n, t0, t1 = _setup(schedule, n_steps, t_start, t_end, True, finite_end=False)
     ts = _pin(jnp.linspace(t0, t1, n + 1), t0, t1)[:-1]
+    _check_resolution("sgm_uniform", ts)
     return _finish(schedule, ts, True)
 
 
@@ -248,6 +294,7 @@ def discrete_spacing(schedule: DiscreteVP, n_steps: int, spacing: str = "linspac
     if not isinstance(schedule, DiscreteVP):
         raise TypeError(f"discrete_spacing needs a DiscreteVP schedule, got {type(schedule)}")
     n = _check_n(n_steps)
+    steps_offset = check_int_arg("discrete_spacing", "steps_offset", steps_offset)
     N = schedule.n
     if spacing == "linspace":
         labels = np.round(np.linspace(0, N - 1, n))[::-1]
@@ -287,18 +334,20 @@ def uniform_logsnr(schedule, n_steps: int, *, t_start=None, t_end=None,
     """Equal steps in ``lam`` (DPM-Solver's ``logSNR``, Lu et al. 2022, sec. 3.3)."""
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero)
     lam = jnp.linspace(_lam(schedule, t0), _lam(schedule, t1), m)
-    return _finish(schedule, _pin(_t_of_lam(schedule, lam), t0, t1), append_zero)
+    return _finish(schedule, _pin(_t_of_lam(schedule, lam), t0, t1), append_zero,
+                   "uniform_logsnr")
 
 
 def polyexponential(schedule, n_steps: int, rho: float = 1.0, *, t_start=None, t_end=None,
                     append_zero: bool = False) -> Array:
     """k-diffusion's ``get_sigmas_polyexponential``: ``log sigma_tilde`` follows
     ``ramp^rho`` with ``ramp = linspace(1, 0)``; ``rho = 1`` is :func:`exponential`."""
+    _check_positive("polyexponential", "rho", rho)
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero)
     lam0, lam1 = _lam(schedule, t0), _lam(schedule, t1)
     ramp = jnp.linspace(1.0, 0.0, m) ** rho
     return _finish(schedule, _pin(_t_of_lam(schedule, lam1 + ramp * (lam0 - lam1)), t0, t1),
-                   append_zero)
+                   append_zero, "polyexponential")
 
 
 def exponential(schedule, n_steps: int, *, t_start=None, t_end=None,
@@ -320,11 +369,13 @@ def karras(schedule, n_steps: int, rho: float = 7.0, *, t_start=None, t_end=None
     EDM's sampler is ``karras(EDM(), n, append_zero=True)``: ``n`` sigmas from 80
     to 0.002, then 0. ``t_end`` may itself have ``sigma = 0``.
     """
+    _check_positive("karras", "rho", rho)
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero, finite_end=False)
     inv = 1.0 / rho
     s_max, s_min = _sigma_tilde(schedule, t0) ** inv, _sigma_tilde(schedule, t1) ** inv
     st = (s_max + jnp.linspace(0.0, 1.0, m) * (s_min - s_max)) ** rho
-    return _finish(schedule, _pin(_t_of_sigma_tilde(schedule, st), t0, t1), append_zero)
+    return _finish(schedule, _pin(_t_of_sigma_tilde(schedule, st), t0, t1), append_zero,
+                   "karras")
 
 
 def kl_optimal(schedule, n_steps: int, *, data_std: float = 1.0, t_start=None, t_end=None,
@@ -336,12 +387,14 @@ def kl_optimal(schedule, n_steps: int, *, data_std: float = 1.0, t_start=None, t
     ``sigma_i = c tan((1 - i/n) atan(s_max/c) + (i/n) atan(s_min/c))``.
     ``t_end`` may itself have ``sigma = 0``.
     """
+    _check_positive("kl_optimal", "data_std", data_std)
     m, t0, t1 = _setup(schedule, n_steps, t_start, t_end, append_zero, finite_end=False)
     a_max = jnp.arctan(_sigma_tilde(schedule, t0) / data_std)
     a_min = jnp.arctan(_sigma_tilde(schedule, t1) / data_std)
     r = jnp.linspace(0.0, 1.0, m)
     st = data_std * jnp.tan((1.0 - r) * a_max + r * a_min)
-    return _finish(schedule, _pin(_t_of_sigma_tilde(schedule, st), t0, t1), append_zero)
+    return _finish(schedule, _pin(_t_of_sigma_tilde(schedule, st), t0, t1), append_zero,
+                   "kl_optimal")
 
 
 _AYS_ROUNDING = 1e-3
@@ -372,7 +425,8 @@ def align_your_steps(schedule, n_steps: int, model: str = "sd15", *,
     times in all).
     """
     n = _check_n(n_steps)
-    if model not in AYS_SIGMAS:
+    _check_schedule(schedule)
+    if not isinstance(model, str) or model not in AYS_SIGMAS:
         raise ValueError(f"model must be one of {sorted(AYS_SIGMAS)}, got {model!r}")
     st = jnp.asarray(_loglinear_interp(AYS_SIGMAS[model], n + 1), jnp.result_type(float))
     # The tables are rounded (14.615 for SD's 14.6146...): values within 0.1% past an

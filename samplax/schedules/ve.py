@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules.base import NoiseSchedule, check_time_range, real_values
 
 
 def _as_float(x):
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
+
+
+def _as_number(name, x) -> float:
+    """An EDM bound as a Python float: a real, finite, concrete scalar."""
+    a = real_values("EDM", name, x)
+    if a is None:
+        raise TypeError(f"EDM: {name} must be a concrete number (it is a static field), "
+                        f"got a traced value; build the schedule outside jit")
+    if a.ndim:
+        raise ValueError(f"EDM: {name} must be a scalar, got shape {a.shape}")
+    return float(a)
 
 
 class VE(NoiseSchedule):
@@ -26,6 +38,16 @@ class VE(NoiseSchedule):
     sigma_max: float = 50.0
     t_min: float = eqx.field(default=1e-5, static=True)
     t_max: float = eqx.field(default=1.0, static=True)
+
+    def __check_init__(self):
+        check_time_range("VE", self.t_min, self.t_max, t_hi=1.0)
+        lo = real_values("VE", "sigma_min", self.sigma_min, what="a finite number > 0")
+        hi = real_values("VE", "sigma_max", self.sigma_max, what="a finite number > 0")
+        if lo is not None and np.any(lo <= 0):
+            raise ValueError(f"VE: sigma_min must be a finite number > 0, got {self.sigma_min!r}")
+        if lo is not None and hi is not None and not np.all(lo < hi):
+            raise ValueError(f"VE: need 0 < sigma_min < sigma_max, got sigma_min="
+                             f"{self.sigma_min!r}, sigma_max={self.sigma_max!r}")
 
     @property
     def t_hi(self) -> float:
@@ -56,10 +78,13 @@ class EDM(NoiseSchedule):
     t_max: float = eqx.field(static=True)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        if not 0.0 <= sigma_min < sigma_max:
-            raise ValueError(f"need 0 <= sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.t_min = float(sigma_min)
-        self.t_max = float(sigma_max)
+        # Static fields: concrete numbers only (a NumPy/JAX scalar is converted).
+        lo, hi = (_as_number("sigma_min", sigma_min), _as_number("sigma_max", sigma_max))
+        if not 0.0 <= lo < hi:
+            raise ValueError(f"EDM: need 0 <= sigma_min < sigma_max, got sigma_min={lo}, "
+                             f"sigma_max={hi}")
+        self.t_min = lo
+        self.t_max = hi
 
     @property
     def sigma_min(self) -> float:

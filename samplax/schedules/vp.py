@@ -5,8 +5,9 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.schedules.base import NoiseSchedule
+from samplax.schedules.base import NoiseSchedule, check_time_range, real_values
 
 
 def _log_sigma_from_log_alpha(log_alpha):
@@ -27,6 +28,24 @@ class VPLinear(NoiseSchedule):
     beta_max: float = 20.0
     t_min: float = eqx.field(default=1e-3, static=True)
     t_max: float = eqx.field(default=1.0, static=True)
+
+    def __check_init__(self):
+        check_time_range("VPLinear", self.t_min, self.t_max)
+        b0 = real_values("VPLinear", "beta_min", self.beta_min)
+        b1 = real_values("VPLinear", "beta_max", self.beta_max)
+        if b0 is not None and np.any(b0 < 0):
+            raise ValueError(f"VPLinear: beta_min must be >= 0, got {self.beta_min!r}")
+        if b0 is None or b1 is None:
+            return
+        # beta(t) is linear in t with beta(0) = beta_min >= 0: positive on (0, t_max]
+        # iff positive at t_max.
+        end = b0 + self.t_max * (b1 - b0)
+        if np.any(end <= 0):
+            raise ValueError(
+                "VPLinear: beta(t) = beta_min + t (beta_max - beta_min) must be positive on "
+                f"(0, t_max]; got beta_min={self.beta_min!r}, beta_max={self.beta_max!r}, "
+                f"so beta(t_max={self.t_max:g}) = {float(np.min(end)):.4g}"
+            )
 
     def log_alpha(self, t):
         t = jnp.asarray(t)
@@ -66,6 +85,12 @@ class VPCosine(NoiseSchedule):
     s: float = 0.008
     t_min: float = eqx.field(default=1e-3, static=True)
     t_max: float = eqx.field(default=0.9946, static=True)
+
+    def __check_init__(self):
+        check_time_range("VPCosine", self.t_min, self.t_max, t_hi=1.0)
+        s = real_values("VPCosine", "s", self.s, what="a finite number > 0")
+        if s is not None and np.any(s <= 0):
+            raise ValueError(f"VPCosine: s must be a finite number > 0, got {self.s!r}")
 
     @property
     def t_hi(self) -> float:

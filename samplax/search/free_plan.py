@@ -56,7 +56,8 @@ def apply_delta(schedule, plan: Plan, delta: PlanDelta) -> Plan:
     """The plan with ``delta`` added (network times shifted in ``lam``)."""
     add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
     t = schedule.t_of_lam(schedule.lam(plan.t) + delta.shift)
-    return plan._replace(t=t, evaluate=add(plan.evaluate, delta.evaluate),
+    return plan._replace(t=t, solver_t=plan.t if plan.solver_t is None else plan.solver_t,
+                         evaluate=add(plan.evaluate, delta.evaluate),
                          update=add(plan.update, delta.update),
                          final=add(plan.final, delta.final))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -46,12 +47,22 @@ def load_result(path) -> dict:
     try:
         with open(path) as f:
             obj = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultError(f"{path}: not a JSON file ({e})") from None
+    except IsADirectoryError:
+        raise ResultError(f"{path}: is a directory, not a result file") from None
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         got = obj.get("schema") if isinstance(obj, dict) else type(obj).__name__
         raise ResultError(f"{path}: not a samplax search result (schema {got!r}, expected "
                           f"{SCHEMA!r})")
+    for key in ("model", "model_fingerprint"):
+        if not isinstance(obj.get(key), str | None):
+            raise ResultError(f"{path}: field {key!r} must be a string, got {obj[key]!r}")
+    ts = obj.get("timesteps")
+    if isinstance(ts, list) and not all(
+            isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+            for t in ts):
+        raise ResultError(f"{path}: field 'timesteps' must hold finite numbers, got {ts!r}")
     if "solver" in obj:
         return _load_times_only(path, obj)
     need = {"nfe": int, "timesteps": list, "steps": list, "afs": bool}
@@ -60,13 +71,31 @@ def load_result(path) -> dict:
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise ResultError(f"{path}: field {key!r} missing or not a {typ.__name__} "
                               f"(got {value!r})")
+    if obj["nfe"] < 1:
+        raise ResultError(f"{path}: field 'nfe' must be >= 1, got {obj['nfe']}")
     steps = [_step(path, i, s) for i, s in enumerate(obj["steps"])]
     if len(obj["timesteps"]) != len(steps) + 1:
         raise ResultError(f"{path}: {len(obj['timesteps'])} timesteps for {len(steps)} steps")
     if len(steps) - int(obj["afs"]) != obj["nfe"]:
         raise ResultError(f"{path}: steps and afs do not add up to nfe={obj['nfe']}")
+    for key, width in (("coefficients", MAX_ORDER - 1), ("model_times", None)):
+        _check_numbers(path, key, obj.get(key), len(steps) if width else obj["nfe"], width)
     obj["_steps"] = steps
     return obj
+
+
+def _check_numbers(path, key: str, value, rows: int, width: int | None) -> None:
+    """An optional field of finite numbers: ``[rows]``, or ``[rows, width]``."""
+    if value is None:
+        return
+    shape = (rows,) if width is None else (rows, width)
+    try:
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.shape != shape or not np.all(np.isfinite(a)):
+        raise ResultError(f"{path}: field {key!r} must be finite numbers of shape {shape}, "
+                          f"got {value!r:.80}")
 
 
 def _load_times_only(path, obj: dict) -> dict:
@@ -116,6 +145,9 @@ def check_result_schedule(obj: dict, schedule) -> None:
     rec = obj.get("schedule")
     if rec is None:
         return
+    if not isinstance(rec, dict) or not isinstance(rec.get("fields", {}), dict):
+        raise ResultError(f"field 'schedule' must be an object with 'class' and 'fields', "
+                          f"got {rec!r}")
     got = schedule_description(schedule)
     if rec.get("class") != got["class"]:
         raise ResultError(f"result was searched for a {rec.get('class')} schedule, got "
@@ -128,6 +160,19 @@ def check_result_schedule(obj: dict, schedule) -> None:
             raise ResultError(f"result was searched for {rec['class']}({k}={v!r}), this "
                               f"schedule has {k}={mine!r}; pass check_schedule=False to "
                               "use it anyway")
+
+
+def check_result_model(obj: dict, name: str, fingerprint: str | None) -> None:
+    """Refuse a result searched for another model: by the recorded name, and by the
+    recorded ``model_fingerprint`` (:func:`samplax.models.builtin.model_fingerprint`)
+    where both sides have one, so that retrained weights under one name are caught."""
+    rec, rec_fp = obj.get("model"), obj.get("model_fingerprint")
+    if rec not in (None, name):
+        raise ResultError(f"this schedule was searched for --model {rec}, not {name}")
+    if rec_fp is not None and fingerprint is not None and rec_fp != fingerprint:
+        raise ResultError(f"this schedule was searched for a model {rec} of fingerprint "
+                          f"{rec_fp}; this one's is {fingerprint} (its weights or "
+                          "parameters changed)")
 
 
 def plan_from_result(obj: dict, schedule, *, check: bool = True):
@@ -233,7 +278,8 @@ def with_tuned_plan(plan, tuned: dict):
                                   f"{want[k]} (per-coordinate shape {here} of {name}.x)")
             arrays[k] = jnp.asarray(a, dk)
         out[name] = c._replace(**arrays)
-    return plan._replace(**out, basis=basis)
+    return plan._replace(**out, basis=basis,
+                         solver_t=plan.t if plan.solver_t is None else plan.solver_t)
 
 
 def resize_result(obj: dict, nfe: int, schedule) -> dict:
@@ -253,6 +299,9 @@ def resize_result(obj: dict, nfe: int, schedule) -> dict:
     obj = dict(obj)
     if "_steps" not in obj:
         raise ResultError("resize_result needs a validated result (load_result)")
+    if isinstance(nfe, bool) or not isinstance(nfe, int | np.integer) or nfe < 1:
+        raise ValueError(f"cannot resize to nfe={nfe!r}: nfe must be an integer >= 1")
+    nfe = int(nfe)
     if obj.get("solver") is not None:
         from samplax.search.times_only import solver_steps
 

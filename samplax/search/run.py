@@ -55,7 +55,7 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
            config: SearchConfig | None = None, metric=None, checkpoint: str | Path | None = None,
            resume: bool = True, time_limit: float | None = None, progress: bool = True,
            data=None, baselines: dict | None = None, model_name: str = "custom",
-           max_evals: int | None = None) -> dict:
+           model_fingerprint: str | None = None, max_evals: int | None = None) -> dict:
     """Search the best plan of exactly ``nfe`` evaluations for ``denoiser``.
 
     Args:
@@ -81,6 +81,10 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
         baselines: held-out summaries of hand-made solvers to record beside the
             result (:func:`samplax.search.baselines.evaluate_baselines`).
         model_name: recorded in the result.
+        model_fingerprint: recorded in the result and part of the checkpoint's identity
+            (:func:`samplax.models.builtin.model_fingerprint`): a checkpoint of
+            another model is not resumed, and the CLI refuses to use the result with
+            another model.
         max_evals: the most network evaluations of one sample the search may spend,
             the teacher's included (its calibration and fitting solves; the held-out
             report is not counted, :mod:`samplax.search.cost`). Each phase gets a
@@ -105,6 +109,8 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
              "n_cal": int(teacher.x_cal.shape[0]),
              "n_fit": 0 if teacher.x_fit is None else int(teacher.x_fit.shape[0]),
              "metric": objective.metric_name}
+    if model_fingerprint is not None:
+        ident["model_fingerprint"] = model_fingerprint
     budget = None
     if max_evals is not None:
         ident["max_evals"] = int(max_evals)
@@ -123,7 +129,9 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
     if state.best() is None:
         why = "; ".join(f"{k}: {v}" for k, v in state.skipped.items())
         raise RuntimeError(f"no candidate was refined ({why or 'no phase made one'})")
-    return report(state, ctx, config, data=data, baselines=baselines, model_name=model_name)
+    result = report(state, ctx, config, data=data, baselines=baselines, model_name=model_name)
+    return result if model_fingerprint is None else dict(result,
+                                                         model_fingerprint=model_fingerprint)
 
 
 def smallest_budget(config: SearchConfig, n_cal: int, nfe: int, teacher: int) -> int:
@@ -215,7 +223,7 @@ def continue_search(result: dict, phases, denoiser, schedule, teacher, *,
     out = report(state, ctx, config, data=data, baselines=result.get("baselines"),
                  model_name=result.get("model", "custom"))
     # the searched description and its bookkeeping stay the saved result's
-    keep = ("timesteps", "steps", "afs", "coefficients", "model_times")
+    keep = ("timesteps", "steps", "afs", "coefficients", "model_times", "model_fingerprint")
     search = dict(result.get("search") or {}, **{k: out["search"][k] for k in (
         "plan_tuning", "output_fit", "coordinate_fit", "phases", "skipped",
         "phase_seconds")})

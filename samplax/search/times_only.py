@@ -92,7 +92,8 @@ def optimize_times(denoiser, schedule, solver: str, nfe: int, teacher: Teacher, 
 
 def search_times(denoiser, schedule, solver: str, nfe: int, teacher: Teacher, *, t_start,
                  t_end, iters: int = 200, lr: float = 0.05, metric=None, data=None,
-                 baselines: dict | None = None, model_name: str = "custom") -> dict:
+                 baselines: dict | None = None, model_name: str = "custom",
+                 model_fingerprint: str | None = None) -> dict:
     """A times-only search result: :func:`optimize_times` measured on the calibration
     and held-out noises, as a result file (schema ``samplax.search/1`` with a
     ``solver`` field in place of ``steps``) that :func:`samplax.search.load_plan`,
@@ -115,6 +116,7 @@ def search_times(denoiser, schedule, solver: str, nfe: int, teacher: Teacher, *,
     return {
         "schema": SCHEMA,
         "model": model_name,
+        "model_fingerprint": model_fingerprint,
         "schedule": schedule_description(schedule),
         "solver": solver,
         "nfe": nfe,

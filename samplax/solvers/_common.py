@@ -13,6 +13,26 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def real_option(name: str, v, what: str, *, finite: bool = True):
+    """A numeric option's concrete values as a float64 array (``None`` when traced).
+
+    Anything NumPy turns into floats is a number here, as for the other stochastic
+    options (:func:`samplax.solvers._stochastic.check_nonneg`); anything else is a
+    ``TypeError`` and, when ``finite``, NaN or inf a ``ValueError``, both naming ``name``.
+    """
+    if not is_concrete(v):
+        return None
+    try:
+        a = np.asarray(v, dtype=float)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be {what}, got {v!r} ({type(v).__name__})") from e
+    if finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return a
+
+
 def check_timesteps(schedule, timesteps, *, min_len: int = 2):
     """Validate a sampler's times: 1-D, strictly decreasing, inside the schedule.
 

@@ -35,6 +35,7 @@ from samplax.solvers._common import (
     is_concrete,
     reaches_zero_noise,
 )
+from samplax.solvers._multistep import check_bool
 from samplax.solvers.plan import Plan, PlanBuilder
 
 __all__ = ["dpm_solver", "dpm_solver_fast", "dpm_solver_fast_orders", "multistep_orders"]
@@ -168,7 +169,10 @@ def _check_order(order, name="order"):
 
 
 def _check_fast_budget(nfe, order):
-    if not _is_int(nfe) or nfe < order:
+    if not _is_int(nfe):
+        raise TypeError(f"nfe must be an integer (the number of network evaluations), "
+                        f"got {nfe!r} ({type(nfe).__name__})")
+    if nfe < order:
         raise ValueError(
             f"nfe={nfe!r} is too small for DPM-Solver-fast of order {order}: need nfe >= {order}"
         )
@@ -269,6 +273,7 @@ def _build(
     _check_choice("method", method, METHODS)
     _check_choice("solver_type", solver_type, SOLVER_TYPES)
     _check_choice("third_order", third_order, THIRD_ORDER)
+    afs = check_bool("afs", afs)
     ts = check_timesteps(schedule, timesteps)
     n_steps = ts.shape[0] - 1
     orders = _resolve_orders(n_steps, order, orders, method, lower_order_final)
@@ -486,6 +491,7 @@ def dpm_solver_fast(
     """
     order = _check_order(order)
     nfe = _check_fast_budget(nfe, order)
+    afs = check_bool("afs", afs)
     orders = dpm_solver_fast_orders(nfe + int(afs), order)
     t_start = schedule.t_max if t_start is None else t_start
     t_end = schedule.t_min if t_end is None else t_end

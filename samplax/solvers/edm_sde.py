@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.solvers._common import check_timesteps, reaches_zero_noise
+from samplax.solvers._common import check_timesteps, reaches_zero_noise, real_option
 from samplax.solvers._stochastic import check_nonneg, host_coefficients
 from samplax.solvers.edm import _euler_step, _heun_step, edm_grid
 from samplax.solvers.plan import Plan, PlanBuilder
@@ -61,6 +62,21 @@ def noise_up(schedule, t_i, st_i, a_i, s_hat):
 def _coefficients(schedule, t_i, st_i, a_i, n_steps, S_churn, S_tmin, S_tmax):
     gamma = churn_gamma(st_i, n_steps, S_churn, S_tmin, S_tmax)
     return noise_up(schedule, t_i, st_i, a_i, st_i * (1.0 + gamma))
+
+
+def _check_window(S_tmin, S_tmax) -> None:
+    """The churn window ``[S_tmin, S_tmax]``: numbers (``S_tmax`` may be inf), in order."""
+    lo = real_option("S_tmin", S_tmin, "a number >= 0 (an EDM noise level)", finite=False)
+    hi = real_option("S_tmax", S_tmax, "a number >= 0 (an EDM noise level; inf allowed)",
+                     finite=False)
+    for name, v, a in (("S_tmin", S_tmin, lo), ("S_tmax", S_tmax, hi)):
+        if a is not None and (np.any(np.isnan(a)) or np.any(a < 0)):
+            raise ValueError(f"{name} must be a number >= 0 (an EDM noise level), got {v!r}")
+    if lo is not None and np.any(np.isposinf(lo)):
+        raise ValueError(f"S_tmin must be finite, got {S_tmin!r}")
+    if lo is not None and hi is not None and np.any(lo > hi):
+        raise ValueError(f"the churn window is empty: S_tmin={S_tmin!r} > S_tmax={S_tmax!r} "
+                         "(churn applies where S_tmin <= sigma <= S_tmax)")
 
 
 def edm_stochastic(
@@ -98,6 +114,7 @@ def edm_stochastic(
         raise ValueError(f"final_euler must be True or False, got {final_euler!r}")
     for name, v in (("S_churn", S_churn), ("S_noise", S_noise)):
         check_nonneg(name, v)
+    _check_window(S_tmin, S_tmax)
     ts = check_timesteps(schedule, timesteps)
     n = ts.shape[0] - 1
     if solver == "heun" and not final_euler and reaches_zero_noise(schedule, ts[-1]):

@@ -20,6 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
+
+from samplax.schedules.base import describe, real_values
 
 
 def _bcast(v, x):
@@ -52,6 +55,15 @@ def eps_scaling(denoiser: Callable, schedule, factor: float | Callable = 1.005) 
     Returns:
         The scaled denoiser ``D'(x, t) = D/b + (1 - 1/b) x/alpha_t``.
     """
+    if not callable(denoiser):
+        raise TypeError(f"eps_scaling: denoiser must be a callable D(x, t), got "
+                        f"{describe(denoiser)}")
+    if not callable(factor):
+        v = real_values("eps_scaling", "factor", factor,
+                        what="a finite number > 0 (or a function b(t))")
+        if v is not None and not np.all(v > 0):
+            raise ValueError(f"eps_scaling: factor must be a finite number > 0 (or a function "
+                             f"b(t)), got {describe(factor)}")
     b_fn = factor if callable(factor) else (lambda t, v=factor: jnp.asarray(v))
 
     def D(x, t):

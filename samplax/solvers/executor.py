@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.numerics import safe_div
+from samplax.schedules.base import NoiseSchedule
 from samplax.solvers.plan import Combo, Plan
 
 Array = Any
@@ -206,6 +207,75 @@ def _sample_in_basis(denoiser, plan: Plan, x_T, key, return_trajectory, hook, no
     return back(out)
 
 
+def _check_arguments(denoiser, plan, key, hook) -> None:
+    """Types of ``sample``'s arguments, checked before any tracing."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a samplax Plan (from a solver such as "
+                        f"samplax.dpm_solver_pp), got {type(plan).__name__}")
+    dens = denoiser.denoisers if isinstance(denoiser, Segments) else (denoiser,)
+    for den in dens:
+        if not (callable(den) or _is_stateful(den)):
+            raise TypeError(f"denoiser must be a function denoiser(x, t) -> x0_hat, got "
+                            f"{type(den).__name__}")
+    if key is not None:
+        k = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+        typed = jnp.issubdtype(k.dtype, jax.dtypes.prng_key)
+        raw = k.dtype == jnp.uint32 and k.shape == (2,)
+        if not (typed and k.shape == ()) and not raw:
+            raise TypeError(f"key must be one PRNG key such as jax.random.key(0), got "
+                            f"{type(key).__name__} of dtype {k.dtype} and shape {k.shape}")
+    if hook is not None and not (callable(hook) and callable(getattr(hook, "init", None))):
+        raise TypeError("hook must be a SlotHook: callable, with init(x_T) giving its state")
+
+
+def _call(den, x, t):
+    """``den(x, t)``; a call that fails on its signature says so."""
+    try:
+        return den(x, t)
+    except TypeError as err:
+        if "positional argument" in str(err):
+            raise TypeError("the denoiser must take two arguments, denoiser(x, t) with x "
+                            "the state and t the time; calling it so failed (see above)"
+                            ) from err
+        raise
+
+
+def _schedule_name(schedule) -> str:
+    fields = ", ".join(f"{k}={v!r}" for k, v in vars(schedule).items()
+                       if isinstance(v, int | float | str))
+    return f"{type(schedule).__name__}({fields})"
+
+
+def _check_schedule(denoiser, plan: Plan) -> None:
+    """A denoiser that carries its noise schedule (``denoiser.schedule``, as samplax's
+    adapters and models do) must run a plan built on that schedule: the plan's
+    ``alpha`` and ``sigma`` must be the schedule's at the plan's times. Skipped where
+    either is traced (inside ``jit`` with the plan or schedule as an argument)."""
+    dens = denoiser.denoisers if isinstance(denoiser, Segments) else (denoiser,)
+    ts = plan.t if plan.solver_t is None else plan.solver_t
+    for den in dens:
+        schedule = getattr(den, "schedule", None)
+        if not isinstance(schedule, NoiseSchedule):
+            continue
+        try:  # a constant plan inside jit is still checked, at trace time
+            t, a, s = (np.asarray(v, np.float64) for v in (ts, plan.alpha, plan.sigma))
+            with jax.ensure_compile_time_eval():
+                mine_a = np.asarray(schedule.alpha(jnp.asarray(ts)), np.float64)
+                mine_s = np.asarray(schedule.sigma(jnp.asarray(ts)), np.float64)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            return
+        tol = 1e-4 * np.maximum(np.abs(mine_a) + np.abs(mine_s), 1e-6)
+        off = (np.abs(mine_a - a) > tol) | (np.abs(mine_s - s) > tol)
+        if off.any():
+            k = int(np.argmax(off))
+            raise ValueError(
+                f"the plan was built on another noise schedule than the denoiser's "
+                f"{_schedule_name(schedule)}: at slot {k} (t = {t[k]:.6g}) the plan has "
+                f"sigma = {s[k]:.6g}, alpha = {a[k]:.6g}, the denoiser's schedule sigma = "
+                f"{mine_s[k]:.6g}, alpha = {mine_a[k]:.6g}; build the plan on the schedule "
+                "the denoiser was wrapped with")
+
+
 def _check_coordinates(plan: Plan, shape) -> None:
     """Per-coordinate coefficients must match the trailing axes of the samples, or
     they would broadcast into a wrong sample."""
@@ -237,7 +307,11 @@ def sample(
             over slot ranges.
         plan: a plan from any solver constructor (``samplax.dpm_solver_pp(...)``).
         x_T: initial state at the plan's first time, e.g.
-            ``sigma(t_0) * jax.random.normal(key, shape)`` for a VP model.
+            ``sigma(t_0) * jax.random.normal(key, shape)`` for a VP model. Its dtype
+            is the model's: the denoiser is called with states of this dtype and the
+            sample is returned in it, while the state, the history buffers and the
+            solver's combinations accumulate in ``promote_types(dtype, float32)``
+            (bfloat16 and float16 states keep a float32 copy).
         key: PRNG key; required when the plan is stochastic. Slot ``k`` draws
             its noise from ``fold_in(key, k)`` and per batch row ``i`` from
             ``fold_in(., i)``.
@@ -261,9 +335,17 @@ def sample(
         The sample (same shape and dtype as ``x_T``); then the trajectory if asked;
         then the hook's final state if a hook is given.
     """
+    _check_arguments(denoiser, plan, key, hook)
     x_T = jnp.asarray(x_T)
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise TypeError(f"x_T must be a floating-point array, got dtype {x_T.dtype}")
+    if x_T.ndim == 0:
+        raise ValueError("x_T must be an array of samples (batch axis first), got a scalar")
+    if not check and not isinstance(x_T, jax.core.Tracer):
+        with jax.ensure_compile_time_eval():  # a concrete x_T costs one reduction
+            if not bool(jnp.all(jnp.isfinite(x_T))):
+                raise FloatingPointError("x_T is not finite (NaN or inf in the initial "
+                                         "noise)")
     if plan.t.ndim != 1:
         raise ValueError(
             f"plan has batch axes {plan.t.shape[:-1]}; vmap sample() over stacked plans"
@@ -272,13 +354,21 @@ def sample(
         raise ValueError("this plan is stochastic: pass a PRNG key, e.g. jax.random.key(0)")
     if hook is not None and key is None:
         raise ValueError("a slot hook needs a PRNG key, e.g. jax.random.key(0)")
+    _check_schedule(denoiser, plan)
     if plan.basis is not None:
         if check:
             raise ValueError("check=True is not supported for a plan with a basis yet; "
                              "sample without it")
         return _sample_in_basis(denoiser, plan, x_T, key, return_trajectory, hook, noise)
     _check_coordinates(plan, x_T.shape)
-    dtype = x_T.dtype
+    # The denoiser sees and sample returns x_T's dtype; the state, the buffers and the
+    # combinations accumulate in at least float32. In bfloat16 eps_hat = (x - alpha
+    # D)/sigma cancels to a few bits at small sigma, and the noise-prediction
+    # multistep solvers (PNDM, DPM-Solver, DEIS) combine such terms with weights
+    # ~ sigma_tilde that do not cancel in rounding: relative errors of 1-90 at NFE 5.
+    model_dtype = x_T.dtype
+    dtype = jnp.promote_types(model_dtype, jnp.float32)
+    x_T = x_T.astype(dtype)
     if noise is not None and plan.stochastic and plan.noise_span is None:
         raise ValueError(
             "this plan's noise draws carry no time spans (PlanBuilder.noise(span=...)), so "
@@ -303,11 +393,15 @@ def sample(
             k, t, alpha, sigma, ce, cu = slot
             z = draw(k)
             x_eval = _combine(ce, x, D, E, z, dtype)
+            x_in = x_eval.astype(model_dtype)
             if _is_stateful(den):
-                d, s_i = den.step(ds[i], x_eval, t)
+                d, s_i = den.step(ds[i], x_in, t)
                 ds = ds[:i] + (s_i,) + ds[i + 1:]
             else:
-                d = den(x_eval, t)
+                d = _call(den, x_in, t)
+            if not isinstance(d, jax.Array | np.ndarray):
+                raise TypeError(f"the denoiser returned {type(d).__name__}; it must return "
+                                "an array of x0 predictions of x's shape")
             d = jnp.asarray(d)
             if not jnp.issubdtype(d.dtype, jnp.floating):
                 raise TypeError(f"the denoiser returned dtype {d.dtype}; it must return "
@@ -330,12 +424,14 @@ def sample(
                 hs, x, D, E = hook(hs, k, t, x, D, E, d, hk)
             if check:
                 bad = _first_bad(bad, k, jnp.all(jnp.isfinite(x)), jnp.all(jnp.isfinite(d)))
-            return ((x, D, E, hs, ds), bad), (x if return_trajectory else None)
+            return ((x, D, E, hs, ds), bad), (x.astype(model_dtype) if return_trajectory
+                                              else None)
 
         return body
 
     segments = _segments(denoiser, K)
-    ds0 = tuple(den.init_state(x_T) if _is_stateful(den) else None for den, _, _ in segments)
+    ds0 = tuple(den.init_state(x_T.astype(model_dtype)) if _is_stateful(den) else None
+                for den, _, _ in segments)
     carry = ((x_T, D0, E0, None if hook is None else hook.init(x_T), ds0),
              jnp.array([-1, 0], jnp.int32) if check else None)
     trajs = []
@@ -350,7 +446,7 @@ def sample(
         hit = (bad[0] < 0) & ~jnp.all(jnp.isfinite(out))
         bad = jnp.where(hit, jnp.array([K - 1, 3], jnp.int32), bad)
         jax.debug.callback(_raise_if_bad, bad, plan.t, jnp.all(jnp.isfinite(x_T)))
-    result = (out,)
+    result = (out.astype(model_dtype),)
     if return_trajectory:
         result += (jnp.concatenate(trajs) if len(trajs) > 1 else trajs[0],)
     if hook is not None:

@@ -82,6 +82,12 @@ class Plan(NamedTuple):
             without their coordinates: a plan loaded from a file must give its
             samples through the one ``sample`` with any denoiser, and ``pad_plan``
             and ``stack_plans`` carry it.
+        solver_t: ``[K]`` the noise schedule's times of the slots, where the network
+            is evaluated at other times ``t`` (network times moved by a search:
+            ``usf(model_times=...)``, :mod:`samplax.search.free_plan`); ``None``:
+            ``t`` itself. ``alpha`` and ``sigma`` are the schedule at these times;
+            :func:`~samplax.solvers.executor.sample` checks them against the
+            denoiser's own schedule.
     """
 
     t: Array
@@ -94,6 +100,7 @@ class Plan(NamedTuple):
     init_e: Array
     noise_span: Array | None = None
     basis: Array | None = None
+    solver_t: Array | None = None
 
     @property
     def nfe(self) -> int:
@@ -293,6 +300,7 @@ class PlanBuilder:
             dict(
                 eval=point,
                 t=t if model_t is None else jnp.asarray(model_t),
+                solver_t=None if model_t is None else t,
                 alpha=self.schedule.alpha(t),
                 sigma=self.schedule.sigma(t),
                 update=None,
@@ -400,6 +408,8 @@ def _assemble(slots: list[dict], final: Lin, virtual: list, spans: dict | None =
         init_d=_vec(init_d),
         init_e=_vec(init_e),
         noise_span=noise_span,
+        solver_t=(None if all(s["solver_t"] is None for s in slots) else
+                  _vec([s["t"] if s["solver_t"] is None else s["solver_t"] for s in slots])),
     )
 
 
@@ -457,6 +467,7 @@ def pad_plan(plan: Plan, hd: int, he: int) -> Plan:
         init_e=_pad_init(plan.init_e, he),
         noise_span=plan.noise_span,
         basis=plan.basis,
+        solver_t=plan.solver_t,
     )
 
 
@@ -504,9 +515,17 @@ def _pad_init(init: Array, new_h: int) -> Array:
 
 def stack_plans(plans: Sequence[Plan]) -> Plan:
     """Stack plans of equal NFE (padding their buffers) for ``jax.vmap``."""
+    if isinstance(plans, Plan) or isinstance(plans, str | bytes) or not hasattr(
+            plans, "__iter__"):
+        raise TypeError(f"stack_plans takes a sequence of plans, got "
+                        f"{'a single Plan' if isinstance(plans, Plan) else repr(plans)}")
     plans = list(plans)
     if not plans:
         raise ValueError("stack_plans needs at least one plan")
+    for i, p in enumerate(plans):
+        if not isinstance(p, Plan):
+            raise TypeError(f"stack_plans: plans[{i}] must be a Plan (from a solver "
+                            f"constructor), got {p!r:.60} ({type(p).__name__})")
     nfes = {p.nfe for p in plans}
     if len(nfes) != 1:
         raise ValueError(f"plans to stack must have the same NFE, got {sorted(nfes)}")
@@ -517,6 +536,8 @@ def stack_plans(plans: Sequence[Plan]) -> Plan:
         raise ValueError("cannot stack plans with a basis and plans without one together")
     hd = max(p.evaluate.d.shape[1] for p in plans)
     he = max(p.evaluate.e.shape[1] for p in plans)
+    if len({p.solver_t is None for p in plans}) != 1:  # some have moved network times
+        plans = [p if p.solver_t is not None else p._replace(solver_t=p.t) for p in plans]
     padded = [pad_plan(p, hd, he) for p in plans]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
 

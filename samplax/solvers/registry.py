@@ -185,6 +185,9 @@ def steps_for_nfe(spec: SolverSpec, nfe: int, to_zero: bool = False) -> int:
     )
 
 
+MAX_NFE = 10_000  # a plan is built slot by slot in Python: more is minutes, never needed
+
+
 def plan_for_nfe(name: str, schedule, nfe: int, step_schedule: str = "logsnr", *,
                  t_start=None, t_end=None) -> Plan:
     """A plan of solver ``name`` with exactly ``nfe`` evaluations.
@@ -193,6 +196,9 @@ def plan_for_nfe(name: str, schedule, nfe: int, step_schedule: str = "logsnr", *
     schedule's ``t_max`` and ``t_min``.
     """
     spec = get_solver(name)
+    if isinstance(nfe, int) and not isinstance(nfe, bool) and nfe > MAX_NFE:
+        raise ValueError(f"nfe={nfe} is more than the {MAX_NFE:,} evaluations plan_for_nfe "
+                         "builds; pass the solver its timesteps directly")
     if step_schedule not in STEP_SCHEDULES:
         raise ValueError(
             f"unknown step schedule {step_schedule!r}; choose one of {sorted(STEP_SCHEDULES)}"

@@ -29,6 +29,7 @@ path, so Restart plans carry no Brownian spans.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ import numpy as np
 
 from samplax.schedules import steps as step_schedules
 from samplax.schedules.ve import EDM
-from samplax.solvers._common import check_timesteps, is_concrete
+from samplax.solvers._common import check_timesteps, is_concrete, real_option
 from samplax.solvers._stochastic import check_nonneg, host_coefficients
 from samplax.solvers.edm import _euler_step, _heun_step, edm_grid
 from samplax.solvers.edm_sde import noise_up
@@ -88,14 +89,30 @@ EDM_IMAGENET64 = dict(
 )
 
 
+_INTERVAL = "a RestartInterval(t_min, t_max, K, n_steps) or a 4-tuple"
+
+
 def _check_intervals(intervals) -> list[RestartInterval]:
+    if isinstance(intervals, RestartInterval):
+        intervals = [intervals]  # a single interval
+    if isinstance(intervals, str | bytes | dict) or not hasattr(intervals, "__iter__"):
+        raise TypeError(f"intervals must be a sequence of RestartInterval(t_min, t_max, K, "
+                        f"n_steps) (or 4-tuples), got {intervals!r} "
+                        f"({type(intervals).__name__})")
     out = []
-    for iv in intervals:
+    for i, iv in enumerate(intervals):
+        if isinstance(iv, str | bytes) or not isinstance(iv, tuple | list) or len(iv) != 4:
+            raise TypeError(f"intervals[{i}] must be {_INTERVAL}, got {iv!r} "
+                            f"({type(iv).__name__})")
         iv = RestartInterval(*iv)
         if isinstance(iv.K, bool) or not isinstance(iv.K, int | np.integer) or iv.K < 0:
             raise ValueError(f"K must be an integer >= 0, got {iv.K!r}")
-        if not isinstance(iv.n_steps, int | np.integer) or iv.n_steps < 2:
+        if (isinstance(iv.n_steps, bool) or not isinstance(iv.n_steps, int | np.integer)
+                or iv.n_steps < 2):
             raise ValueError(f"n_steps (N_Restart) must be an integer >= 2, got {iv.n_steps!r}")
+        for name in ("t_min", "t_max"):
+            real_option(f"intervals[{i}].{name}", getattr(iv, name),
+                        "a finite number (an EDM noise level)")
         if not 0 < float(iv.t_min) < float(iv.t_max):
             raise ValueError(f"need 0 < t_min < t_max, got [{iv.t_min}, {iv.t_max}]")
         out.append(iv)
@@ -234,6 +251,10 @@ def restart(
     return b.build()
 
 
+_REQUIRED = frozenset({"n_main", "intervals"})
+_CONFIG_KEYS = _REQUIRED | {"base", "S_noise", "restart_gamma", "S_min", "S_max", "rho"}
+
+
 def restart_edm(config: dict | None = None, schedule=None, **overrides) -> Plan:
     """Restart with the official EDM settings (default :data:`EDM_CIFAR10`, NFE 43).
 
@@ -241,10 +262,24 @@ def restart_edm(config: dict | None = None, schedule=None, **overrides) -> Plan:
     and a final 0, on ``schedule`` (default ``EDM()``); ``overrides`` replace
     entries of the configuration (e.g. ``intervals=...``).
     """
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"restart_edm: config must be a dict like EDM_CIFAR10, got {config!r} "
+                        f"({type(config).__name__})")
     cfg = dict(EDM_CIFAR10 if config is None else config)
     cfg.update(overrides)
+    unknown = sorted(str(k) for k in cfg if k not in _CONFIG_KEYS)
+    if unknown:
+        options = sorted(_CONFIG_KEYS - _REQUIRED)
+        raise ValueError(f"restart_edm: unknown configuration key(s) {unknown}; expected "
+                         f"n_main, intervals and restart's options {options}")
+    missing = [k for k in ("n_main", "intervals") if k not in cfg]
+    if missing:
+        raise ValueError(f"restart_edm: the configuration lacks {missing} (see EDM_CIFAR10)")
     schedule = EDM() if schedule is None else schedule
     n_main = cfg.pop("n_main")
+    if isinstance(n_main, bool) or not isinstance(n_main, int | np.integer) or n_main < 1:
+        raise ValueError(f"restart_edm: n_main (main Karras steps) must be an integer >= 1, "
+                         f"got {n_main!r}")
     ts = step_schedules.karras(schedule, n_main, 7.0, append_zero=True)
     return restart(schedule, ts, cfg.pop("intervals"), **cfg)
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.solvers._common import check_timesteps, reaches_zero_noise
+from samplax.solvers._common import check_timesteps, reaches_zero_noise, real_option
 from samplax.solvers._stochastic import host_coefficients, sde_coefficients
 from samplax.solvers.plan import Lin, Plan, PlanBuilder, lin_sum
 from samplax.solvers.usf import interpolation_weights, phi_moments
@@ -129,6 +130,11 @@ def sa_solver(
     n = ts.shape[0] - 1
     if tau is None:
         tau = default_tau(schedule)
+    if not callable(tau):
+        what = "a finite number >= 0 or a function of t"
+        v = real_option("tau", tau, what)
+        if v is not None and np.any(v < 0):
+            raise ValueError(f"tau must be {what}, got {tau!r}")
     tau_fn = tau if callable(tau) else (lambda t, v=tau: jnp.asarray(v, float))
     to_zero = reaches_zero_noise(schedule, ts[-1])
     lof = lower_order_final and n < LOWER_ORDER_FINAL_BELOW

@@ -152,18 +152,30 @@ def exponential_step(
 
 
 def _as_steps(steps, n: int) -> list[Step]:
-    steps = [steps] * n if isinstance(steps, Step) else list(steps)
+    if isinstance(steps, Step):
+        steps = [steps] * n
+    elif isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
+        raise TypeError(f"steps must be a Step or a sequence of {n} Steps, got {steps!r} "
+                        f"({type(steps).__name__})")
+    else:
+        steps = list(steps)
     if len(steps) != n:
         raise ValueError(f"got {len(steps)} step choices for {n} steps")
     for i, st in enumerate(steps):
         if not isinstance(st, Step):
             raise TypeError(f"step {i}: expected samplax.solvers.usf.Step, got {type(st)}")
-        if st.prediction not in ("data", "noise"):
+        if not isinstance(st.prediction, str) or st.prediction not in ("data", "noise"):
             raise ValueError(
                 f"step {i}: prediction must be 'data' or 'noise', got {st.prediction!r}"
             )
+        if isinstance(st.order, bool | np.bool_) or not isinstance(st.order, int | np.integer):
+            raise TypeError(f"step {i}: order must be an integer in 1..{MAX_ORDER}, got "
+                            f"{st.order!r} ({type(st.order).__name__})")
         if not 1 <= st.order <= MAX_ORDER:
             raise ValueError(f"step {i}: order must be in 1..{MAX_ORDER}, got {st.order}")
+        if not isinstance(st.corrector, bool | np.bool_):
+            raise TypeError(f"step {i}: corrector must be a bool (True or False), got "
+                            f"{st.corrector!r} ({type(st.corrector).__name__})")
     return steps
 
 
@@ -438,7 +450,8 @@ def usf_weighted(
     if afs:  # analytic first output: x0_hat = 0, eps_hat = x_T / sigma(t_0)
         init_e = init_e.at[pos(0)].set(1.0 / sigma[0])
     return Plan(jnp.asarray(model_times, dtype), alpha[int(afs):n], sigma[int(afs):n], ev, up,
-                final, init_d, init_e)
+                final, init_d, init_e,
+                solver_t=None if model_times is eval_ts else jnp.asarray(eval_ts, dtype))
 
 
 def _batched_weights(r, g):
