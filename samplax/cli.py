@@ -108,7 +108,8 @@ def load_metric(spec: str | None):
     return obj
 
 
-def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True, rtol=None):
+def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True, rtol=None,
+             mesh=None):
     from samplax.search import make_teacher
     from samplax.search.driver import Progress
 
@@ -117,19 +118,20 @@ def _teacher(problem, n_cal, n_eval, seed, n_fit=0, n_grid=0, progress=True, rto
         return make_teacher(problem.denoiser, problem.schedule, problem.x_T,
                             problem.t_start, problem.t_end, n_cal=n_cal, n_eval=n_eval,
                             n_fit=n_fit, n_grid=n_grid, seed=seed, rtol=rtol,
-                            progress=lambda n: bar.update(n=n))
+                            progress=lambda n: bar.update(n=n), mesh=mesh)
     finally:
         bar.close()
 
 
-def _baselines(problem, nfe, teacher, progress=True, **kw):
-    from samplax.search import evaluate_baselines
+def _baselines(problem, nfe, teacher, progress=True, mesh=None, **kw):
+    from samplax.search import evaluate_baselines, spread_denoiser
     from samplax.search.driver import Progress
     from samplax.solvers.registry import BASELINE_SOLVERS
 
     bar = Progress(len(BASELINE_SOLVERS), f"baselines at NFE {nfe}", progress, unit="solver")
     try:
-        return evaluate_baselines(problem.denoiser, problem.schedule, nfe, teacher,
+        return evaluate_baselines(spread_denoiser(problem.denoiser, mesh), problem.schedule,
+                                  nfe, teacher,
                                   t_start=problem.t_start, t_end=problem.t_end,
                                   data=_component_data(problem),
                                   progress=lambda name: bar.update(name), **kw)
@@ -191,11 +193,14 @@ def cmd_search(args):
                                       f", at most {args.max_evals:,} evaluations"), flush=True)
     print(f"teacher: {args.n_cal} calibration + {needs['n_fit']} fitting + {args.n_eval} "
           "held-out noises", flush=True)
+    mesh = _mesh(args.devices)
     teacher = _teacher(problem, args.n_cal, args.n_eval, args.seed, needs["n_fit"],
-                       needs["n_grid"], progress=not args.quiet, rtol=budget.teacher_rtol)
+                       needs["n_grid"], progress=not args.quiet, rtol=budget.teacher_rtol,
+                       mesh=mesh)
     print(f"teacher solve: {_teacher_line(teacher.solver)}", flush=True)
     data = _component_data(problem)
-    baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric)
+    baselines = _baselines(problem, args.nfe, teacher, progress=not args.quiet, metric=metric,
+                           mesh=mesh)
     # SIGTERM behaves like Ctrl-C: the checkpoint of every finished step stays.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -206,7 +211,7 @@ def cmd_search(args):
                         else max(args.time_limit - (time.perf_counter() - t0), 0.0),
                         data=data, baselines=baselines, model_name=args.model,
                         model_fingerprint=problem.fingerprint, progress=not args.quiet,
-                        metric=metric, max_evals=args.max_evals)
+                        metric=metric, max_evals=args.max_evals, mesh=mesh)
     except ValueError as err:  # a budget the teacher left too little of
         if args.max_evals is None:
             raise
@@ -229,6 +234,34 @@ def cmd_search(args):
         print(f"skipped: {name} ({why})")
     print(f"saved {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _mesh(devices):
+    """``--devices N``: a noise mesh of the first N devices (default: every visible one)."""
+    import jax
+
+    from samplax.search import noise_mesh
+
+    try:
+        mesh = noise_mesh(devices)
+    except ValueError as err:
+        raise SystemExit(f"--devices: {err}") from None
+    n = 1 if mesh is None else mesh.size
+    if n > 1 or devices is not None:
+        print(f"devices: {n} ({jax.devices()[0].platform}), network calls split over the "
+              "noises", flush=True)
+    return mesh
+
+
+def _host_devices(n) -> None:
+    """``--devices N`` on a CPU: split the host into N XLA devices. XLA reads the flag
+    when JAX starts its backend, which the commands do only after parsing (a backend
+    already started keeps its devices, and ``noise_mesh`` then says how many)."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n and n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _apply_budget(args) -> None:
@@ -703,6 +736,10 @@ def main(argv=None):
                    help="any setting of a phase, e.g. --set coordinate_fit.iters=0 or "
                         "--set space.afs=[true] (repeatable; see the README's table)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--devices", type=_integer(1), default=None,
+                   help="split the network calls of the teacher, the search and the report "
+                        "over the first N devices along the noises (default: every "
+                        "visible device; on a CPU, N > 1 splits its cores into N devices)")
     s.add_argument("--solver", default=None,
                    help="with --times-only: the registered solver whose timesteps are "
                         "searched (samplax solvers lists them)")
@@ -757,6 +794,7 @@ def main(argv=None):
     s.set_defaults(fn=cmd_solvers)
 
     args = ap.parse_args(argv)
+    _host_devices(getattr(args, "devices", None))
     return args.fn(args)
 
 

@@ -36,7 +36,7 @@ def float32():
 _LONG_FILES = ("test_cli.py", "test_cli_output.py", "test_coordinate_fit.py", "search.ipynb",
                "test_search_metric.py", "test_search.py", "test_search_trajectory.py",
                "test_search_cost.py", "test_teacher.py", "test_bad_input_suite.py",
-               "quickstart.ipynb", "guidance.ipynb")
+               "test_devices.py", "quickstart.ipynb", "guidance.ipynb")
 
 
 def pytest_collection_modifyitems(items):

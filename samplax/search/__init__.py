@@ -8,6 +8,7 @@ A search is a pipeline of phases (:mod:`samplax.search.phases`) over a typed sta
 
 from samplax.search.baselines import evaluate_baselines, optimize_times_2m
 from samplax.search.config import DEFAULT_PHASES, SearchConfig
+from samplax.search.devices import noise_mesh, spread_denoiser
 from samplax.search.dp import dp_timesteps
 from samplax.search.objective import Teacher, evaluate_plan, make_teacher
 from samplax.search.phases import (
@@ -51,9 +52,11 @@ __all__ = [
     "load_plan",
     "load_result",
     "make_teacher",
+    "noise_mesh",
     "optimize_times",
     "optimize_times_2m",
     "resize_result",
     "search",
     "search_times",
+    "spread_denoiser",
 ]

@@ -24,6 +24,7 @@ from samplax.models.reference import (
     reference_tolerance,
     solve_dtype,
 )
+from samplax.search.devices import noise_mesh, spread_denoiser
 from samplax.solvers.executor import sample
 
 
@@ -59,7 +60,7 @@ class Teacher(NamedTuple):
 
 def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256, n_eval=1024,
                  n_fit=0, n_grid=0, seed=0, solve=None, batch=512, rtol=None,
-                 progress: Callable[[int], None] | None = None) -> Teacher:
+                 progress: Callable[[int], None] | None = None, mesh=None) -> Teacher:
     """Draw disjoint calibration/evaluation noises and solve the PF-ODE for each.
 
     ``x_T(key, n)`` draws initial states; ``solve(x) -> x_end`` defaults to the
@@ -69,7 +70,9 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     noises' reference trajectories at that many half log-SNRs, uniform from
     ``t_start`` to ``t_end`` (capped at :data:`~samplax.models.reference.LAM_CAP`),
     with their derivatives, for :func:`teacher_states` (needs the default ``solve``).
-    ``progress(n)`` is called after each batch of ``n`` noises solved. ``rtol``: the
+    ``progress(n)`` is called after each batch of ``n`` noises solved. ``mesh``: the
+    devices the solves' network calls are split over along the noise axis (as in
+    :func:`samplax.search.run.search`; ``None``: every visible device). ``rtol``: the
     default solve's tolerance (:func:`~samplax.models.reference.reference_tolerance`
     of the noises' dtype: 1e-10 in float64, 1e-5 in float32, bfloat16 noises solved
     in float32); ``Teacher.solver`` records what ran.
@@ -78,6 +81,7 @@ def make_teacher(denoiser, schedule, x_T: Callable, t_start, t_end, *, n_cal=256
     for the default solve; a custom ``solve`` may return ``(x_end, calls)``, the
     number of denoiser calls on its batch, to be counted too.
     """
+    denoiser = spread_denoiser(denoiser, noise_mesh(mesh))
     k_cal, k_eval = jax.random.split(jax.random.key(seed))
     x_cal, x_eval = x_T(k_cal, n_cal), x_T(k_eval, n_eval)
     if solve is None:

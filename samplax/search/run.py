@@ -34,6 +34,7 @@ from samplax.metrics import error_summary
 from samplax.search.config import SearchConfig
 from samplax.search.context import Context, Objective
 from samplax.search.cost import adam, sampling
+from samplax.search.devices import noise_mesh, spread_denoiser
 from samplax.search.driver import Clock, Progress, run_phases
 from samplax.search.phases import Population
 from samplax.search.population import trajectory_error
@@ -55,7 +56,8 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
            config: SearchConfig | None = None, metric=None, checkpoint: str | Path | None = None,
            resume: bool = True, time_limit: float | None = None, progress: bool = True,
            data=None, baselines: dict | None = None, model_name: str = "custom",
-           model_fingerprint: str | None = None, max_evals: int | None = None) -> dict:
+           model_fingerprint: str | None = None, max_evals: int | None = None,
+           mesh=None) -> dict:
     """Search the best plan of exactly ``nfe`` evaluations for ``denoiser``.
 
     Args:
@@ -72,8 +74,9 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
             ``fn(samples, ref) -> scalar`` (lower is better, differentiable). With a
             metric other than ``"rmse"`` the plan fit uses Adam on it and the
             per-sample fits are skipped.
-        checkpoint: a JSON file written after every step of every phase; with
-            ``resume`` an existing one (of the same problem and config) is continued.
+        checkpoint: a JSON file written after every step of every phase (by process 0
+            when ``jax.distributed`` runs several); with ``resume`` an existing one (of
+            the same problem and config) is continued, by every process.
         time_limit: seconds; once exceeded no new step starts, the phases left are
             recorded as skipped, and the best so far is reported.
         progress: show progress (a bar on a terminal, plain lines elsewhere).
@@ -91,6 +94,12 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
             share planned up front and is cut to it (fewer generations or
             iterations) or skipped; a budget that does not cover the teacher and
             one generation of the population is refused before any search work.
+        mesh: the devices the network evaluations are split over, along the noise
+            axis (:mod:`samplax.search.devices`): a ``jax.sharding.Mesh``, a device
+            count, or ``None`` for every visible device (one on a plain CPU). Results
+            equal the one-device search's up to the reductions' rounding; the
+            checkpoint does not depend on it (resume on another device count).
+            Make the teacher with the same ``mesh`` to split its solves too.
 
     Returns:
         The result as a JSON-ready dict (schema ``samplax.search/1``); save it with
@@ -100,6 +109,8 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     objective = Objective.of(metric, config.trajectory_weight)
+    mesh = noise_mesh(mesh)
+    denoiser = spread_denoiser(denoiser, mesh)
     if objective.trajectory_weight and teacher.traj_cal is None:
         raise ValueError("trajectory_weight > 0 needs the teacher's trajectories: "
                          f"make_teacher(..., n_grid={config.trajectory_grid})")
@@ -118,7 +129,9 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
     state = SearchState.new(ident)
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, ident, ctx)
-    save = None if checkpoint is None else (
+    # on several hosts every process runs the same search; one writes the checkpoint
+    # and all resume from it (a file system they share)
+    save = None if checkpoint is None or jax.process_index() != 0 else (
         lambda s: atomic_write_json(checkpoint, state_to_json(s)))
     bar = Progress(sum(p.units(ctx) for p in config.phases), "search", progress)
     try:
@@ -130,6 +143,7 @@ def search(denoiser, schedule, nfe: int, teacher, *, t_start, t_end,
         why = "; ".join(f"{k}: {v}" for k, v in state.skipped.items())
         raise RuntimeError(f"no candidate was refined ({why or 'no phase made one'})")
     result = report(state, ctx, config, data=data, baselines=baselines, model_name=model_name)
+    result["devices"] = 1 if mesh is None else mesh.size
     return result if model_fingerprint is None else dict(result,
                                                          model_fingerprint=model_fingerprint)
 

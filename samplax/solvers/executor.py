@@ -12,46 +12,84 @@ import numpy as np
 
 from samplax.numerics import safe_div
 from samplax.schedules.base import NoiseSchedule
+from samplax.solvers.draws import is_threefry, normal_rows, sample_noise, slot_row_words
 from samplax.solvers.plan import Combo, Plan
 
 Array = Any
 Denoiser = Callable[[Array, Array], Array]
 
 
-def sample_noise(key: Array, shape: tuple[int, ...], dtype) -> Array:
-    """Standard normal noise whose row ``i`` depends only on ``(key, i)``.
-
-    The leading axis is the batch: a sample's noise does not change when the
-    batch grows or shrinks, so results are reproducible per sample.
-    """
-    if len(shape) == 0:
-        return jax.random.normal(key, shape, dtype)
-    idx = jnp.arange(shape[0])
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape[1:], dtype))(
-        idx
-    )
-
-
-def _weighted(c, B, dtype):
+def _weighted(c, B, dtype, slot=None, new=None):
     """``sum_h c[h] B[h]``; ``c`` is ``[H]`` or per-coordinate ``[H, *F]`` (F: trailing
-    axes of one sample, broadcast over any batch axes of ``B[h]``)."""
-    if c.ndim == 1:
-        return jnp.tensordot(c.astype(dtype), B, axes=1)
-    c = c.astype(dtype).reshape(c.shape[:1] + (1,) * (B.ndim - c.ndim) + c.shape[1:])
-    return jnp.sum(c * B, axis=0)
+    axes of one sample, broadcast over any batch axes of ``B[h]``).
+
+    With ``slot`` and ``new``, the sum is over ``B`` with entry ``slot`` replaced by
+    ``new``, without building that buffer (see :class:`_History`). The sum is unrolled
+    over the (static, short) history so that XLA fuses it with the rest of the step
+    into one pass over the state; a ``dot`` against the stacked buffer is a kernel of
+    its own, with its own output.
+    """
+    c = c.astype(dtype)
+    if c.ndim > 1:
+        c = c.reshape(c.shape[:1] + (1,) * (B.ndim - c.ndim) + c.shape[1:])
+    out = None
+    for h in range(B.shape[0]):
+        term = c[h] * B[h]
+        if slot is not None:
+            term = jnp.where(slot == h, c[h] * new, term)
+        out = term if out is None else out + term
+    return out
 
 
-def _combine(c: Combo, x, D, E, z, dtype):
+def _combine(c: Combo, x, D, E, z, dtype, new_d=None, new_e=None):
+    """``c.x x + c.d . D + c.e . E + c.z z + c.c``; ``new_d = (slot, d)`` stands for ``D``
+    with ``d`` written at ``slot`` (likewise ``new_e``)."""
     out = c.x.astype(dtype) * x
     if D.shape[0]:
-        out = out + _weighted(c.d, D, dtype)
+        out = out + _weighted(c.d, D, dtype, *(new_d or ()))
     if E.shape[0]:
-        out = out + _weighted(c.e, E, dtype)
+        out = out + _weighted(c.e, E, dtype, *(new_e or ()))
     if z is not None:
         out = out + c.z.astype(dtype) * z
     if c.c is not None:
         out = out + c.c.astype(dtype)
     return out
+
+
+class _History(NamedTuple):
+    """A history buffer ``[H, ...]`` whose newest entry ``new`` is not yet written at
+    ``slot``. Each slot writes the previous slot's entry first, before any read of
+    the buffer, and reads the newest through :func:`_combine`'s substitution: then
+    every read of the buffer follows its one in-place write, and XLA keeps a single
+    copy of it (writing after the reads made it copy the whole history)."""
+
+    buf: Array
+    new: Array | None
+    slot: Array | None
+
+
+def _history(init, x_T, dtype) -> _History:
+    buf = init.astype(dtype)[(...,) + (None,) * x_T.ndim] * x_T[None]
+    if not buf.shape[0]:
+        return _History(buf, None, None)
+    return _History(buf, buf[0], jnp.zeros((), jnp.int32))
+
+
+def _settled(h: _History):
+    if h.new is None:
+        return h.buf
+    return jax.lax.dynamic_update_index_in_dim(h.buf, h.new, h.slot, 0)
+
+
+def _newest(h: _History):
+    return None if h.new is None else (h.slot, h.new)
+
+
+def _pending(buf, new) -> _History:
+    if new is None:
+        return _History(buf, None, None)
+    slot, value = new
+    return _History(buf, value, jnp.asarray(slot, jnp.int32))
 
 
 class SlotHook(Protocol):
@@ -376,22 +414,45 @@ def sample(
         )
     hd = plan.evaluate.d.shape[1]
     he = plan.evaluate.e.shape[1]
-    D0 = plan.init_d.astype(dtype)[(...,) + (None,) * x_T.ndim] * x_T[None]
-    E0 = plan.init_e.astype(dtype)[(...,) + (None,) * x_T.ndim] * x_T[None]
+    D0, E0 = _history(plan.init_d, x_T, dtype), _history(plan.init_e, x_T, dtype)
     K = plan.nfe
+
+    # The keys of every slot and batch row, fold_in(fold_in(key, k), i), made once: a
+    # slot's draw is then one elementwise hash that XLA fuses (draws.py).
+    words = None
+    if plan.stochastic and noise is None and is_threefry(key):
+        words = slot_row_words(key, K + 1, x_T.shape[0])
 
     def draw(k):
         if not plan.stochastic:
             return None
         if noise is not None:
             return noise(key, plan.noise_span[k], x_T.shape, dtype)
-        return sample_noise(jax.random.fold_in(key, k), x_T.shape, dtype)
+        if words is None:
+            return sample_noise(jax.random.fold_in(key, k), x_T.shape, dtype)
+        return normal_rows(words[0][k], words[1][k], x_T.shape[1:], dtype)
+
+    def drawn(k, *combos):
+        """Slot ``k``'s draw where one of its combinations weighs the noise, else zeros.
+        Inside ``lax.cond`` the draw is computed once into a buffer (XLA fuses an inline
+        draw into each of its uses, repeating the hash) and skipped where unused."""
+        if not plan.stochastic:
+            return None
+        weights = [c.z for c in combos if c.z is not None]
+        try:  # a concrete plan: no draw at all where no combination weighs it
+            if not any(np.any(np.asarray(w)) for w in weights):
+                return None
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            pass
+        used = jnp.any(jnp.stack([jnp.any(w != 0) for w in weights]))
+        return jax.lax.cond(used, lambda: draw(k), lambda: jnp.zeros(x_T.shape, dtype))
 
     def make_body(den, i):
         def body(carry, slot):
-            (x, D, E, hs, ds), bad = carry
+            (x, Dh, Eh, hs, ds), bad = carry
             k, t, alpha, sigma, ce, cu = slot
-            z = draw(k)
+            D, E = _settled(Dh), _settled(Eh)
+            z = drawn(k, ce, cu)
             x_eval = _combine(ce, x, D, E, z, dtype)
             x_in = x_eval.astype(model_dtype)
             if _is_stateful(den):
@@ -411,20 +472,25 @@ def sample(
                 raise ValueError(
                     f"denoiser returned shape {d.shape} for input of shape {x_eval.shape}"
                 )
+            new_d = new_e = None
             if hd:
-                D = jax.lax.dynamic_update_index_in_dim(D, d, k % hd, 0)
+                new_d = (k % hd, d)
             if he:
                 # At sigma = 0 eps_hat is undefined; no plan may use it there, and the
                 # safe division keeps the buffer (and its gradient) finite.
                 e = safe_div(x_eval - alpha.astype(dtype) * d, sigma.astype(dtype))
-                E = jax.lax.dynamic_update_index_in_dim(E, e, k % he, 0)
-            x = _combine(cu, x, D, E, z, dtype)
+                new_e = (k % he, e)
+            x = _combine(cu, x, D, E, z, dtype, new_d, new_e)
+            Dh, Eh = _pending(D, new_d), _pending(E, new_e)
             if hook is not None:
                 hk = jax.random.fold_in(key, -1 - k)
-                hs, x, D, E = hook(hs, k, t, x, D, E, d, hk)
+                hs, x, D, E = hook(hs, k, t, x, _settled(Dh), _settled(Eh), d, hk)
+                # the hook may reorder rows, the newest entry's too: keep its version
+                Dh = _pending(D, new_d and (new_d[0], D[new_d[0]]))
+                Eh = _pending(E, new_e and (new_e[0], E[new_e[0]]))
             if check:
                 bad = _first_bad(bad, k, jnp.all(jnp.isfinite(x)), jnp.all(jnp.isfinite(d)))
-            return ((x, D, E, hs, ds), bad), (x.astype(model_dtype) if return_trajectory
+            return ((x, Dh, Eh, hs, ds), bad), (x.astype(model_dtype) if return_trajectory
                                               else None)
 
         return body
@@ -440,8 +506,9 @@ def sample(
         part = jax.tree.map(lambda v: v[a:b], slots)
         carry, traj = jax.lax.scan(make_body(den, i), carry, part)
         trajs.append(traj)
-    (x, D, E, hs, _), bad = carry
-    out = _combine(plan.final, x, D, E, draw(K), dtype)
+    (x, Dh, Eh, hs, _), bad = carry
+    out = _combine(plan.final, x, Dh.buf, Eh.buf, drawn(K, plan.final), dtype, _newest(Dh),
+                   _newest(Eh))
     if check:
         hit = (bad[0] < 0) & ~jnp.all(jnp.isfinite(out))
         bad = jnp.where(hit, jnp.array([K - 1, 3], jnp.int32), bad)
