@@ -339,3 +339,21 @@ def test_continue_search_adds_the_output_fit_to_a_saved_result(problem, result, 
     atomic_write_json(path, fitted)
     again = error_summary(run(load_plan(path, S), teacher.x_eval), teacher.ref_eval)
     assert again == fitted["objective"]["heldout"]
+
+
+def test_population_map_is_the_vmap_in_chunks_on_cpu():
+    """The population's evaluation: lax.map over chunks on CPU, vmap elsewhere; the
+    same values either way, for a population that the chunks do not divide."""
+    from samplax.search.population import population_map
+
+    def f(a, b):
+        return jnp.sum(jnp.sin(a) * b)
+
+    a = jnp.arange(21.0).reshape(7, 3)
+    b = jnp.linspace(0.0, 1.0, 21).reshape(7, 3)
+    want = jax.vmap(f)(a, b)
+    for backend, rows in (("cpu", 200), ("cpu", 1), ("gpu", 200)):
+        np.testing.assert_allclose(population_map(f, rows, backend)(a, b), want, rtol=1e-14)
+    jaxpr = str(jax.make_jaxpr(population_map(f, 200, "cpu"))(a, b))
+    assert "scan" in jaxpr  # chunks of 512 // 200 = 2 candidates, run one after another
+    assert "scan" not in str(jax.make_jaxpr(population_map(f, 200, "gpu"))(a, b))
