@@ -39,8 +39,9 @@ def killed_and_resumed(tmp_path_factory):
     _, err = proc.communicate(timeout=120)
     killed = {"alive": alive, "rc": proc.returncode, "stderr": err, "out_exists": out.exists(),
               "checkpoint": json.loads(ck.read_text())}
-    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
-                             timeout=600)
+    # resumed on two devices: the checkpoint does not depend on the device count
+    resumed = subprocess.run(cmd + ["--resume", "--devices", "2"], env=env,
+                             capture_output=True, text=True, timeout=600)
     return out, killed, resumed
 
 
@@ -60,6 +61,8 @@ def test_kill_keeps_finished_generations_and_resume_finishes(killed_and_resumed)
     assert sum(gens) >= 1  # finished generations survive the kill
     assert resumed.returncode == 0, resumed.stderr
     assert "saved" in resumed.stdout
+    assert "devices: 2 (cpu)" in resumed.stdout
+    assert json.loads(out.read_text())["devices"] == 2
 
 
 def test_search_writes_a_result_of_the_budget(searched, capsys):
