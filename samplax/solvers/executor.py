@@ -352,7 +352,9 @@ def sample(
             (bfloat16 and float16 states keep a float32 copy).
         key: PRNG key; required when the plan is stochastic. Slot ``k`` draws
             its noise from ``fold_in(key, k)`` and per batch row ``i`` from
-            ``fold_in(., i)``.
+            ``fold_in(., i)`` (``jax.random.normal``'s numbers, computed by
+            :mod:`samplax.solvers.draws`); a slot whose combinations do not weigh its
+            noise draws nothing.
         return_trajectory: also return the anchor after each NFE slot, ``[K, ...]``.
         hook: a :class:`SlotHook` run after every slot (population transforms such
             as SMC resampling); its key stream is ``fold_in(key, -1 - k)``.
