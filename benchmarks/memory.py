@@ -17,12 +17,11 @@ cores, more with the timings).
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from baseline import load_executor
+from overhead import _time
 
 import samplax
 from samplax.schedules import EDM, VPLinear, karras
@@ -78,18 +77,6 @@ def bare_copies(den, x) -> float:
     return fn.lower(x).compile().memory_analysis().temp_size_in_bytes / x.nbytes
 
 
-def _best_times(fns, repeats):
-    for fn in fns:
-        fn().block_until_ready()
-    best = [np.inf] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn().block_until_ready()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1024)
@@ -121,7 +108,7 @@ def main():
             then = temp_copies(old, den, plan, x, key)
             new_fn = jax.jit(lambda x, k, p=plan: samplax.sample(den, p, x, k))
             old_fn = jax.jit(lambda x, k, p=plan: old(den, p, x, k))
-            t_new, t_old = _best_times([lambda: new_fn(xt, key), lambda: old_fn(xt, key)],
+            t_new, t_old = _time([lambda: new_fn(xt, key), lambda: old_fn(xt, key)],
                                        args.repeats)
             row += f" {then:.2f} | {t_new / t_old:.2f} |"
         print(row, flush=True)
